@@ -18,7 +18,7 @@ from llavarad import __version__
 __all__ = ["cli", "main"]
 
 #: Modules under llavarad.cli_parts, each with ``register(group: click.Group) -> None``.
-_PARTS = ("model", "data", "phantom", "train", "label", "evaluate", "chexprompt", "analysis")
+_PARTS = ("model", "data", "phantom", "train", "label", "evaluate", "chexprompt", "analysis", "explain")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
