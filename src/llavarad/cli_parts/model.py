@@ -1,9 +1,131 @@
-"""CLI verbs of this area (filled in by the area's work)."""
+"""Model verbs: ``init`` (assemble a new model), ``generate`` (write findings), ``convert`` (release -> HF)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import click
 
 
+@click.command("init")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the new model to.")
+@click.option("--preset", default=None, help="Random weights of a named preset (tiny, phantom, llava-rad-7b) or a preset .json.")
+@click.option("--vision", "vision_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Dinov2 encoder folder (e.g. stage-1 output image_encoder/ or `convert --encoder-only`).")
+@click.option("--lm", "lm_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="LLaMA-family language model folder with its tokenizer (e.g. vicuna-7b-v1.5).")
+@click.option("--prompt-format", type=click.Choice(["plain", "v1"]), default=None,
+              help="Prompt format recorded in the folder (default: plain for --vision/--lm, the preset's otherwise).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random projector / weights.")
+def init_cmd(out_dir: Path, preset: str | None, vision_dir: Path | None, lm_dir: Path | None,
+             prompt_format: str | None, seed: int) -> None:
+    """Assemble a new, untrained LLaVA-Rad model folder, as stage 2 starts from.
+
+    \b
+    Examples:
+      llavarad init --vision runs/stage1/image_encoder --lm models/vicuna-7b-v1.5 --out runs/init
+      llavarad init --preset tiny --out /tmp/tiny-model
+    """
+    from llavarad.model.build import init_from_parts, init_random, save_model
+    from llavarad.model.presets import PresetError
+
+    if (vision_dir is None) != (lm_dir is None):
+        raise click.UsageError("--vision and --lm go together (or use --preset NAME for random weights)")
+    if vision_dir is None and preset is None:
+        raise click.UsageError("give --vision DIR --lm DIR, or --preset NAME (tiny, phantom, llava-rad-7b)")
+    try:
+        if vision_dir is not None:
+            bundle = init_from_parts(vision_dir, lm_dir, preset=preset or "llava-rad-7b", seed=seed,
+                                     prompt_format=prompt_format or "plain")
+        else:
+            bundle = init_random(preset, seed=seed, prompt_format=prompt_format)
+    except (PresetError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    save_model(bundle, out_dir)
+    n_params = sum(p.numel() for p in bundle.model.parameters())
+    click.echo(f"wrote {out_dir} (preset {bundle.preset.name}, {n_params / 1e6:.2f}M parameters, "
+               f"{bundle.num_image_tokens} image tokens, prompt format {bundle.prompt_format})")
+
+
+@click.command("generate")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="llavarad model folder.")
+@click.option("--indication", default=None, help="Indication (reason for exam) for the image(s).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Batch mode: JSONL with id, image, optional indication and reference.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Batch mode: predictions JSONL (resumed if it exists).")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--prompt-format", type=click.Choice(["plain", "v1"]), default=None,
+              help="Override the folder's prompt format (v1 for fine-tuned models).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--dtype", default="auto", show_default=True, help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
+@click.option("--no-resume", is_flag=True, help="Start the output file afresh instead of skipping finished ids.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image instead of plain text.")
+@click.pass_context
+def generate_cmd(ctx: click.Context, images: tuple[Path, ...], model_dir: Path, indication: str | None,
+                 manifest: Path | None, out_path: Path | None, batch_size: int, max_new_tokens: int,
+                 prompt_format: str | None, device: str, dtype: str, no_resume: bool, as_json: bool) -> None:
+    """Write draft Findings for chest X-rays (PNG, JPEG or DICOM).
+
+    \b
+    Examples:
+      llavarad generate cxr.dcm --model models/llava-rad --indication "Dyspnea."
+      llavarad generate --model models/llava-rad --manifest test.jsonl --out preds.jsonl
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from llavarad.generate import GenerationSettings, ReportGenerator, run_generation
+    from llavarad.io.images import ImageReadError
+    from llavarad.model.build import ModelFolderError, load_model
+
+    if manifest is None and not images:
+        raise click.UsageError("give one or more IMAGE paths, or --manifest FILE --out FILE")
+    if manifest is not None and (images or out_path is None):
+        raise click.UsageError("--manifest needs --out and takes no IMAGE arguments")
+    try:
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, prompt_format=prompt_format)
+        bundle = load_model(model_dir, device=device, dtype=dtype)
+    except (ModelFolderError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    if manifest is not None:
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task("generating", total=None)
+            summary = run_generation(bundle, manifest, out_path, settings=settings, resume=not no_resume,
+                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+        click.echo(f"{summary.generated} generated, {summary.skipped_done} already done, {summary.failed} failed "
+                   f"of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s) -> {out_path}")
+        for err in summary.errors[:20]:
+            click.echo(f"  failed {err['id']}: {err['error']}", err=True)
+        if summary.failed:
+            ctx.exit(1)
+        return
+
+    generator = ReportGenerator(bundle, settings)
+    failed = 0
+    for path in images:
+        try:
+            text = generator.generate(path, indication=indication)
+        except (ImageReadError, OSError) as exc:
+            failed += 1
+            click.echo(f"error: {exc}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps({"image": str(path), "indication": indication, "prediction": text}))
+        elif len(images) > 1:
+            click.echo(f"== {path}\n{text}\n")
+        else:
+            click.echo(text)
+    if failed:
+        ctx.exit(1)
+
+
 def register(group: click.Group) -> None:
-    """Add this area's commands to the top-level group."""
+    """Add the model verbs to the top-level group."""
+    group.add_command(init_cmd)
+    group.add_command(generate_cmd)
