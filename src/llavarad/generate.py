@@ -182,6 +182,9 @@ class GenerationSummary:
         return out
 
 
+_LATERAL_VIEWS = {"LATERAL", "LL", "RL", "LAT", "LLD", "RLD"}
+
+
 @dataclass
 class _Row:
     id: str
@@ -189,6 +192,7 @@ class _Row:
     indication: str | None
     reference: str | None
     line: int
+    view: str | None = None
 
 
 def _iter_rows(manifest: Path) -> Iterator[_Row | dict[str, Any]]:
@@ -210,7 +214,8 @@ def _iter_rows(manifest: Path) -> Iterator[_Row | dict[str, Any]]:
         if indication is not None and not isinstance(indication, str):
             yield {"id": str(rid), "image": image, "error": f"{manifest}:{line}: field 'indication' must be a string"}
             continue
-        yield _Row(str(rid), image, indication, reference if isinstance(reference, str) else None, line)
+        view = obj.get("view") if isinstance(obj.get("view"), str) else None
+        yield _Row(str(rid), image, indication, reference if isinstance(reference, str) else None, line, view)
 
 
 def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: str | Path, *,
@@ -298,8 +303,9 @@ def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: s
                 record(row, None, str(exc))
                 continue
             warning = None
-            if cxr.is_frontal is False:
-                warning = f"view {cxr.view!r} is not frontal; the model was trained on frontal (AP/PA) images"
+            view = cxr.view or row.view
+            if cxr.is_frontal is False or (view or "").upper() in _LATERAL_VIEWS:
+                warning = f"view {view!r} is not frontal; the model was trained on frontal (AP/PA) images"
             pending.append((row, cxr.image, warning))
             if len(pending) >= settings.batch_size:
                 flush()

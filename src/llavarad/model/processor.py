@@ -39,20 +39,23 @@ IGNORE_INDEX = -100
 # A Jinja chat template that renders the "v1" format from chat messages, so that generic HF tools
 # (``processor.apply_chat_template``) produce the same prompt string as llavarad.
 V1_CHAT_TEMPLATE = (
-    "{%- set sys = 'A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.' -%}"
-    "{%- for m in messages if m['role'] == 'system' -%}{%- set sys = m['content'] if m['content'] is string "
-    "else m['content'][0]['text'] -%}{%- endfor -%}"
-    "{{ sys }}"
+    "{%- set ns = namespace(sys='A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.') -%}"
+    "{%- for m in messages if m['role'] == 'system' -%}"
+    "{%- set ns.sys = m['content'] if m['content'] is string else m['content'][0]['text'] -%}"
+    "{%- endfor -%}"
+    "{{- ns.sys -}}"
     "{%- for m in messages if m['role'] != 'system' -%}"
-    "{%- if m['role'] == 'user' -%} USER: "
-    "{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
-    "{%- for c in m['content'] -%}{%- if c['type'] == 'image' -%}<image>\n{%- else -%}{{ c['text'] }}{%- endif -%}"
+    "{%- if m['role'] == 'user' -%}{{- ' USER: ' -}}"
+    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}"
+    "{%- for c in m['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{{- '<image>\\n' -}}{%- else -%}{{- c['text'] -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
-    "{%- else -%} ASSISTANT: "
-    "{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}{{ m['content'][0]['text'] }}{%- endif -%}</s>"
+    "{%- else -%}{{- ' ASSISTANT: ' -}}"
+    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}{{- m['content'][0]['text'] -}}{%- endif -%}"
+    "{{- '</s>' -}}"
     "{%- endif -%}{%- endfor -%}"
-    "{%- if add_generation_prompt -%} ASSISTANT:{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}"
 )
 
 

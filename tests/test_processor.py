@@ -1,0 +1,128 @@
+"""Prompt strings, token ids and image preprocessing, checked against independent references."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llavarad.model.processor import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IGNORE_INDEX,
+    SequenceTooLongError,
+    build_image_processor,
+    encode_example,
+    pixel_values_for,
+    tokenize_prompt,
+)
+from llavarad.model.tokenizer import add_image_token, build_tokenizer
+from llavarad.prompts.model import build_prompt, question_for
+
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the user's questions.")
+
+
+def test_v1_and_plain_prompt_strings_are_the_released_ones():
+    parts = build_prompt("v1", indication="Chest pain.\nShortness of breath.", findings="No effusion.")
+    assert parts.prompt == (SYSTEM + " USER: <image>\nProvide a description of the findings in the radiology image "
+                            "given the following indication: Chest pain. Shortness of breath. ASSISTANT:")
+    assert parts.target == " No effusion." and parts.eos
+    assert build_prompt("v1").prompt.endswith(
+        "USER: <image>\nProvide a description of the findings in the radiology image. ASSISTANT:")
+    assert question_for("   ") == question_for(None)
+    plain = build_prompt("plain", indication="ignored", findings="Clear lungs.")
+    assert plain.prompt == "<image>" and plain.target == "Clear lungs.\n" and not plain.eos
+    with pytest.raises(ValueError, match="unknown prompt format"):
+        build_prompt("v2")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = build_tokenizer()
+    return t, add_image_token(t)
+
+
+def test_tokenize_prompt_chunks_separately_with_one_bos(tok):
+    t, image_id = tok
+    prompt = build_prompt("v1", indication="Cough.").prompt
+    ids = tokenize_prompt(t, prompt, 5, image_id)
+    before, after = prompt.split("<image>")
+    expected = [t.bos_token_id] + t(before, add_special_tokens=False).input_ids + [image_id] * 5 + \
+        t(after, add_special_tokens=False).input_ids
+    assert ids == expected
+    assert ids.count(t.bos_token_id) == 1 and ids.count(image_id) == 5
+
+
+def test_v1_ids_follow_the_release_rule_with_a_sentencepiece_tokenizer(tmp_path):
+    """With a LLaMA-style sentencepiece model, the chunk after the image starts with the prefix piece
+    before the newline byte, exactly as the release's per-chunk tokenization produced."""
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import AutoTokenizer
+
+    from llavarad.model.tokenizer import DEFAULT_CORPUS
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(list(DEFAULT_CORPUS) * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=400, model_type="bpe", byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", minloglevel=2)
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (tmp_path / "sp.model").rename(folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", '
+        '"legacy": true, "add_bos_token": true}')
+    hf = AutoTokenizer.from_pretrained(folder)
+    image_id = add_image_token(hf)
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    prompt = build_prompt("v1", indication="Fever.").prompt
+    ids = tokenize_prompt(hf, prompt, 3, image_id)
+    before, after = prompt.split("<image>")
+    reference = [1] + sp.encode(before) + [image_id] * 3 + sp.encode(after)
+    assert ids == reference
+    first_after = ids[1 + len(sp.encode(before)) + 3:][:2]
+    assert sp.id_to_piece(first_after[0]) == "\u2581" and sp.id_to_piece(first_after[1]) == "<0x0A>"
+
+
+def test_encode_example_masks_everything_but_the_target(tok):
+    t, image_id = tok
+    ex = encode_example(t, "v1", indication="Cough.", findings="The lungs are clear.", num_image_tokens=4,
+                        image_token_id=image_id)
+    target = t(" The lungs are clear.", add_special_tokens=False).input_ids + [t.eos_token_id]
+    n_prompt = len(ex.input_ids) - len(target)
+    assert ex.input_ids[n_prompt:] == target
+    assert ex.labels == [IGNORE_INDEX] * n_prompt + target
+    plain = encode_example(t, "plain", indication="x", findings="Clear.", num_image_tokens=4, image_token_id=image_id)
+    assert plain.input_ids[:5] == [t.bos_token_id] + [image_id] * 4
+    assert plain.labels[:5] == [IGNORE_INDEX] * 5
+    assert plain.input_ids[5:] == t("Clear.\n", add_special_tokens=False).input_ids  # no EOS for plain
+    with pytest.raises(SequenceTooLongError, match="example 'r7'.*exceed max_length=10"):
+        encode_example(t, "v1", indication=None, findings="x", num_image_tokens=4, image_token_id=image_id,
+                       max_length=10, example_id="r7")
+
+
+def _reference_preprocess(img: Image.Image, size: int) -> np.ndarray:
+    """Independent reading of the release's transform: shortest side -> size (bicubic), centre crop,
+    RGB, /255, CLIP mean/std."""
+    img = img.convert("RGB")
+    w, h = img.size
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = (arr - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return arr.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("shape", [(600, 800), (800, 600), (518, 518)])
+def test_image_preprocessing_matches_reference(shape):
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random(shape) * 255).astype("uint8"))
+    pv = pixel_values_for([img], build_image_processor(518))
+    assert tuple(pv.shape) == (1, 3, 518, 518)
+    ref = _reference_preprocess(img, 518)
+    assert np.abs(pv[0].numpy() - ref).max() < 1e-4
