@@ -93,3 +93,17 @@ def test_openi_share_is_plausible(shared_data):
     with_comparison = sum(1 for r in rows if r["comparison"].strip().lower() not in ("", "none.", "none"))
     assert 0.1 < s.share < 0.5
     assert s.n_flagged <= with_comparison + 0.1 * len(rows)
+
+
+def test_prefilter_changes_nothing(shared_data, monkeypatch):
+    import re
+
+    import llavarad.evaluate.priors as priors
+
+    with (shared_data / "reports" / "openi_dev" / "openi_reports_dev.csv").open(newline="", encoding="utf-8") as fh:
+        texts = [r["findings"] + " " + r["impression"] for r in list(csv.DictReader(fh))[:800]]
+    texts += [s for s, _ in FLAGGED] + NOT_FLAGGED
+    fast = [(m.report, m.sentence, m.cues) for m in detect_prior_mentions(texts).mentions]
+    monkeypatch.setattr(priors, "_PREFILTER", re.compile(""))
+    slow = [(m.report, m.sentence, m.cues) for m in detect_prior_mentions(texts).mentions]
+    assert fast == slow

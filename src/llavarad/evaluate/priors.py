@@ -73,6 +73,14 @@ _NO_PRIOR = re.compile(
     re.IGNORECASE,
 )
 
+# Every cue contains one of these stems; sentences without any skip the full cue list (speed).
+_PREFILTER = re.compile(
+    r"prior|previous|earlier|preceding|last|recent|older|compar|chang|stab|remain|again|demonstrat|identified|"
+    r"persist|interval|increas|decreas|improv|worse|progress|resol|re-?expan|new|longer|now|enlarg|grown|"
+    r"diminish|reduc|has|have|had",
+    re.IGNORECASE,
+)
+
 _SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 
@@ -95,6 +103,8 @@ def find_prior_mentions(text: str, report: int = 0) -> list[PriorMention]:
     """Sentences of ``text`` that refer to a prior study or change over time, with their cues."""
     out = []
     for sentence in split_sentences(text):
+        if not _PREFILTER.search(sentence):
+            continue
         blocked = [m.span() for m in _NO_PRIOR.finditer(sentence)]
         cues: list[str] = []
         cats: list[str] = []
