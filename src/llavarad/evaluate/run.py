@@ -393,9 +393,12 @@ def evaluate(
     data = read_predictions(predictions)
     problems = list(data.problems)
     if labeler is None:
-        from llavarad.evaluate.labelers import get_labeler
+        try:
+            from llavarad.evaluate.labelers import get_labeler
 
-        labeler = get_labeler(config.labeler)
+            labeler = get_labeler(config.labeler)
+        except Exception as exc:  # noqa: BLE001 - missing weights/packages surface as many types
+            raise EvaluationError(f"the {config.labeler!r} labeler is unavailable: {type(exc).__name__}: {exc}") from exc
     pairs, ref_labels, pred_labels = _label_all(labeler, data.pairs, out / "labels_cache.jsonl", progress, problems)
     if not pairs:
         raise EvaluationError(f"{predictions}: nothing to score: {data.n_rows} rows, {len(data.generation_errors)} with a "
