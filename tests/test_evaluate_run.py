@@ -209,3 +209,20 @@ def test_with_rule_labeler_when_available(tmp_path, shared_data):
     result = evaluate(preds, tmp_path / "eval", EvaluateConfig(bootstrap=20, radgraph="off", plot=False),
                       labeler=get_labeler("rules"))
     assert result["n"] == 20 and result["settings"]["labeler"] == "rules"
+
+
+def test_unavailable_labeler_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("llavarad.evaluate.labelers")
+
+    def get_labeler(name):
+        raise FileNotFoundError(f"no weights for {name}: pass --chexbert-weights")
+
+    fake.get_labeler = get_labeler
+    monkeypatch.setitem(sys.modules, "llavarad.evaluate.labelers", fake)
+    preds = _write_preds(tmp_path / "preds.jsonl", [("a", "Heart normal.", "Heart normal.")])
+    with pytest.raises(EvaluationError, match="'chexbert' labeler is unavailable: FileNotFoundError: no weights"):
+        evaluate(preds, tmp_path / "eval", EvaluateConfig(labeler="chexbert", radgraph="off"))
+    assert main(["evaluate", str(preds), "--out", str(tmp_path / "eval"), "--labeler", "chexbert"]) == 1
