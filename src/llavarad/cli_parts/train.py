@@ -1,9 +1,155 @@
-"""CLI verbs of this area (filled in by the area's work)."""
+"""CLI verbs for training: ``train stage1|stage2|stage3``, ``merge-lora`` and ``demo``.
+
+Heavy imports (torch, transformers, peft) happen inside the commands so ``llavarad --help`` stays
+fast. Each command prints a short summary and exits non-zero on failure.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import click
+
+_OVERRIDES_HELP = "KEY=VALUE overrides of the YAML, e.g. learning_rate=2e-4 lora.r=16 max_steps=10."
+
+
+def _load(cls, config: Path, overrides: tuple[str, ...]):
+    from llavarad.config import ConfigError, load_config
+
+    try:
+        return load_config(cls, config, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _print_summary(out: Path) -> None:
+    summary_path = Path(out) / "train_summary.json"
+    if summary_path.is_file():
+        s = json.loads(summary_path.read_text(encoding="utf-8"))
+        click.echo(f"steps {s.get('global_steps')}  loss {s.get('first_loss')} -> {s.get('final_loss')}  "
+                   f"eval loss {s.get('final_eval_loss')}  examples {s.get('train_examples')} "
+                   f"(excluded {s.get('excluded', 0)})")
+
+
+def _run_stage(stage: str, config: Path, overrides: tuple[str, ...]) -> Path:
+    from llavarad.model.processor import SequenceTooLongError
+    from llavarad.train.collator import CollateError
+    from llavarad.train.dataset import ImageReadError
+
+    if stage == "stage1":
+        try:
+            from llavarad.train.stage1_encoder import Stage1Config, run_stage1
+        except ImportError as exc:
+            raise click.ClickException(f"stage 1 is not available in this installation ({exc})") from exc
+        cfg = _load(Stage1Config, config, overrides)
+        return Path(run_stage1(cfg))
+    if stage == "stage2":
+        from llavarad.train.stage2_align import Stage2Config, run_stage2
+
+        cfg = _load(Stage2Config, config, overrides)
+        runner = run_stage2
+    else:
+        from llavarad.train.stage3_finetune import Stage3Config, run_stage3
+
+        cfg = _load(Stage3Config, config, overrides)
+        runner = run_stage3
+    try:
+        return runner(cfg)
+    except (SequenceTooLongError, ImageReadError, CollateError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def register(group: click.Group) -> None:
-    """Add this area's commands to the top-level group."""
+    """Add ``train``, ``merge-lora`` and ``demo`` to the top-level group."""
+
+    @group.group("train")
+    def train() -> None:
+        """Train the three stages: stage1 (encoder), stage2 (alignment), stage3 (LoRA fine-tuning).
+
+        \b
+        Example:
+          llavarad train stage2 --config configs/stage2_tiny.yaml max_steps=4
+          accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml \\
+              -m llavarad.cli train stage3 --config configs/stage3_llava-rad-7b.yaml
+        """
+
+    for stage, what in (("stage1", "CLIP-style encoder pretraining (image tower exported as a Dinov2 folder)"),
+                        ("stage2", "alignment: train the projector only, 'plain' format"),
+                        ("stage3", "fine-tuning: LoRA on the LM + projector, 'v1' format with indication")):
+
+        def make(stage: str = stage, what: str = what):
+            @train.command(stage, help=f"Stage {stage[-1]}, {what}.\n\n\b\nExample:\n  llavarad train {stage} "
+                                       f"--config configs/{stage}_tiny.yaml output_dir=runs/{stage}")
+            @click.option("--config", "config", type=click.Path(path_type=Path), required=True,
+                          help="Run YAML (see configs/).")
+            @click.argument("overrides", nargs=-1)
+            def command(config: Path, overrides: tuple[str, ...]) -> None:
+                t0 = time.time()
+                out = _run_stage(stage, config, overrides)
+                click.echo(f"{stage} finished in {time.time() - t0:.1f} s -> {out}")
+                _print_summary(out)
+
+            command.__doc__ = _OVERRIDES_HELP
+            return command
+
+        make()
+
+    @group.command("merge-lora")
+    @click.option("--adapter", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+                  help="Adapter folder written by stage 3 with export=adapter.")
+    @click.option("--out", type=click.Path(path_type=Path), required=True, help="Merged model folder to write.")
+    @click.option("--base", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+                  help="Base model folder (default: the one recorded in the adapter).")
+    def merge_lora_cmd(adapter: Path, out: Path, base: Path | None) -> None:
+        """Merge a stage-3 LoRA adapter into its base model, writing a plain model folder.
+
+        \b
+        Example:
+          llavarad merge-lora --adapter runs/stage3_adapter --out runs/stage3_merged
+        """
+        from llavarad.train.lora import merge_lora
+
+        try:
+            merge_lora(adapter, out, base_model=base)
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"merged model written to {out}")
+
+    @group.command("demo")
+    @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for every stage's output.")
+    @click.option("--n", "n_images", type=int, default=None, help="Number of phantoms (default: the demo's setting).")
+    @click.option("--blank-images", is_flag=True, help="Train and evaluate on blank images (a control run).")
+    @click.option("--fresh", is_flag=True, help="Redo every stage even when its output exists.")
+    def demo_cmd(out: Path, n_images: int | None, blank_images: bool, fresh: bool) -> None:
+        """Run the whole system on synthetic phantoms on CPU and write a report card.
+
+        Phantoms -> tokenizer + tiny language model -> stage 1 -> assembly -> stage 2 -> stage 3 ->
+        generation on held-out phantoms -> evaluation -> DIR/report_card.md and .json. Stages whose
+        output exists are skipped, so an interrupted demo resumes.
+
+        \b
+        Example:
+          llavarad demo --out demo_run
+        """
+        from rich.console import Console
+
+        from llavarad.demo import DemoConfig, run_demo
+
+        console = Console(stderr=True)
+        cfg = DemoConfig(blank_images=blank_images)
+        if n_images is not None:
+            cfg = DemoConfig(n=n_images, blank_images=blank_images)
+
+        def progress(stage: str, status: str, seconds: float | None) -> None:
+            tail = f" ({seconds:.1f} s)" if seconds is not None else ""
+            console.print(f"[bold]{stage}[/bold]: {status}{tail}")
+
+        try:
+            card = run_demo(cfg, out, fresh=fresh, progress=progress)
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"report card: {Path(out) / 'report_card.md'}")
+        for name, value in card.get("headline", {}).items():
+            click.echo(f"  {name}: {value}")

@@ -71,6 +71,7 @@ class TrainConfig:
     seed: int = 42
     resume: str = "auto"
     num_workers: int = 2
+    deepspeed: Path | None = None
     blank_images: bool = False
 
     def _check_common(self) -> list[str]:
@@ -85,6 +86,8 @@ class TrainConfig:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.eval_steps < 0 or self.save_steps < 0 or self.num_workers < 0:
             problems.append("eval_steps, save_steps and num_workers must be >= 0 (0 turns eval/saving off)")
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            problems.append(f"deepspeed: {self.deepspeed} does not exist (e.g. configs/accelerate/ds_zero2.json)")
         if self.max_steps == 0 or self.max_steps < -1:
             problems.append(f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")
         for name in ("max_train_samples", "max_val_samples"):
@@ -240,6 +243,7 @@ def make_trainer(cfg: TrainConfig, model, bundle, train_ds, val_ds, *, stage: st
         report_to="none",
         disable_tqdm=True,
         optim="adamw_torch",
+        deepspeed=str(cfg.deepspeed) if cfg.deepspeed else None,
     )
     collator = LlavaCollator(pad_token_id=int(bundle.tokenizer.pad_token_id), image_token_id=bundle.image_token_id,
                              num_image_tokens=bundle.num_image_tokens)
