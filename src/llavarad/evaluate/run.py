@@ -236,6 +236,9 @@ def _label_all(labeler: Any, pairs: list[Pair], cache: Path, progress: Progress 
             for (key, text), row in zip(chunk, results):
                 if row is None:
                     continue
+                if not isinstance(row, dict):
+                    failed[key] = f"labeler returned {type(row).__name__}, expected {{observation: value}}"
+                    continue
                 rec = {"key": key, "identity": identity, "hash": _text_hash(text),
                        "labels": {o: row.get(o) for o in OBSERVATIONS_14}}
                 writer.write(rec)
