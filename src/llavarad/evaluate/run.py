@@ -313,7 +313,7 @@ def _table_markdown(result: dict[str, Any]) -> str:
              f"Layout of LLaVA-Rad Supplementary Table 1; values x100 (0-100) with {int(100 * result['settings']['bootstrap']['confidence'])}% "
              f"bootstrap intervals ({result['settings']['bootstrap']['n_resamples']} resamples, seed {result['settings']['bootstrap']['seed']}). "
              f"Labeler: {result['settings']['labeler']}.", ""]
-    groups = " | ".join(g for _, g, _ in TABLE_COLUMNS)
+    groups = " | ".join(g if i == 0 or TABLE_COLUMNS[i - 1][1] != g else "" for i, (_, g, _) in enumerate(TABLE_COLUMNS))
     lines += [f"| Model | {groups} |", "|---" * (len(TABLE_COLUMNS) + 1) + "|",
               "| | " + " | ".join(s for _, _, s in TABLE_COLUMNS) + " |"]
     cells = []
@@ -352,10 +352,11 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         f1 = np.array([po[o]["f1"] for o in obs])
         err = np.array([[po[o]["f1"] - po[o]["f1_ci_low"] for o in obs], [po[o]["f1_ci_high"] - po[o]["f1"] for o in obs]])
         ax.barh(y + (k - 0.5) * 0.4, f1, height=0.4, xerr=np.nan_to_num(np.clip(err, 0, None)), capsize=2, label=label)
-    ax.set_yticks(y, [f"{o} (n={result['per_observation']['negative'][o]['support']})" for o in obs])
+    po_n, po_p = result["per_observation"]["negative"], result["per_observation"]["positive"]
+    ax.set_yticks(y, [f"{o} (n={po_n[o]['support']}/{po_p[o]['support']})" for o in obs])
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.set_xlabel("F1 (x100), 95% bootstrap CI")
+    ax.set_xlabel("F1 (x100), 95% bootstrap CI; n = reference positives (uncertain as negative/positive)")
     ax.set_title(f"Per-observation F1: {result['model']} ({result['settings']['labeler']} labeler, n={result['n']})")
     ax.legend(loc="lower right")
     fig.tight_layout()
