@@ -42,7 +42,6 @@ def main() -> int:
     ap.add_argument("--bootstrap", type=int, default=500)
     args = ap.parse_args()
 
-    import numpy as np
     import sacrebleu
     from sklearn.metrics import f1_score
 

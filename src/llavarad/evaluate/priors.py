@@ -39,7 +39,8 @@ CUES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((cat, re.compile(pat, re.I
     ("prior_study", rf"\b{_PRIOR_ADJ}\s+(?:[\w-]+\s+){{0,2}}?{_STUDY}\b"),
     ("prior_study", r"\b(?:from|to|with|on|since|than|versus|vs\.?|over)\s+(?:the\s+|a\s+)?(?:prior|previous|preceding)\b"
                     r"(?=\s*(?:[.,;:)]|$|and\b|or\b))"),
-    ("prior_study", r"\b(?:compared|comparison)\s+(?:to|with)\s+(?:the\s+|a\s+)?(?:prior|previous|earlier|recent|last|most\s+recent|\d|\w+day\b|one\b|film|study|exam|radiograph)"),
+    ("prior_study", r"\b(?:compared|comparison)\s+(?:to|with)\s+(?:the\s+|a\s+)?"
+                    r"(?:prior|previous|earlier|recent|last|most\s+recent|\d|\w+day\b|one\b|film|study|exam|radiograph)"),
     ("prior_study", r"\bin\s+comparison\b|\bwhen\s+compared\b"),
     ("prior_study", r"^comparisons?\b(?!\s*[:.,-]?\s*(?:none|n/?a|not|no)\b)"),
     ("prior_study", r"\bpreviously\b"),

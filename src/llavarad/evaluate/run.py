@@ -309,9 +309,10 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 def _table_markdown(result: dict[str, Any]) -> str:
     m, name = result["metrics"], result["model"]
+    boot = result["settings"]["bootstrap"]
     lines = [f"# Evaluation of {name} ({result['n']} reports)", "",
-             f"Layout of LLaVA-Rad Supplementary Table 1; values x100 (0-100) with {int(100 * result['settings']['bootstrap']['confidence'])}% "
-             f"bootstrap intervals ({result['settings']['bootstrap']['n_resamples']} resamples, seed {result['settings']['bootstrap']['seed']}). "
+             f"Layout of LLaVA-Rad Supplementary Table 1; values x100 (0-100) with {round(100 * boot['confidence'])}% "
+             f"bootstrap intervals ({boot['n_resamples']} resamples, seed {boot['seed']}). "
              f"Labeler: {result['settings']['labeler']}.", ""]
     groups = " | ".join(g if i == 0 or TABLE_COLUMNS[i - 1][1] != g else "" for i, (_, g, _) in enumerate(TABLE_COLUMNS))
     lines += [f"| Model | {groups} |", "|---" * (len(TABLE_COLUMNS) + 1) + "|",
@@ -326,7 +327,8 @@ def _table_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"F1-RadGraph not computed: {skipped}"]
     pm = result["prior_mentions"]
     lines += ["", f"Predictions mentioning a prior study or change over time: {pm['n_flagged']} of {pm['n']} "
-              f"({_fmt(pm['share'])}% [{_fmt(pm['ci_low'])}, {_fmt(pm['ci_high'])}]); references: {_fmt(pm['reference_share'])}%.",
+              f"({_fmt(pm['share'])}% [{_fmt(pm['ci_low'])}, {_fmt(pm['ci_high'])}]); "
+              f"references: {_fmt(pm['reference_share'])}%.",
               "", f"Rows: {result['n_rows']} read, {result['n']} scored, {len(result['generation_errors'])} generation errors, "
               f"{len(result['problems'])} malformed or unscorable.", "",
               "## Per-observation F1 (x100)", "",
@@ -405,9 +407,9 @@ def evaluate(
             raise EvaluationError(f"the {config.labeler!r} labeler is unavailable: {type(exc).__name__}: {exc}") from exc
     pairs, ref_labels, pred_labels = _label_all(labeler, data.pairs, out / "labels_cache.jsonl", progress, problems)
     if not pairs:
+        first = (problems or data.generation_errors or [{"error": "none"}])[0]["error"]
         raise EvaluationError(f"{predictions}: nothing to score: {data.n_rows} rows, {len(data.generation_errors)} with a "
-                              f"generation error, {len(problems)} malformed or unscorable (first: "
-                              f"{problems[0]['error'] if problems else data.generation_errors[0]['error'] if data.generation_errors else 'none'})")
+                              f"generation error, {len(problems)} malformed or unscorable (first: {first})")
     problems.sort(key=lambda p: p["line"])
     n, bs = len(pairs), config.bootstrap
     refs, hyps = [p.reference for p in pairs], [p.prediction for p in pairs]
