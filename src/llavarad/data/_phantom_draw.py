@@ -29,10 +29,10 @@ __all__ = ["render"]
 
 _CARDIO_SCALE = {"mild": 1.2, "moderate": 1.36, "severe": 1.52}
 _PTX_DEPTH = {"small": 0.05, "moderate": 0.095, "large": 0.15}
-_EFFUSION_LEVEL = {"small": 0.085, "moderate": 0.2, "large": 0.34}
-_CONSOL_RADIUS = {"small": 0.045, "moderate": 0.065, "large": 0.09}
-_EDEMA = {"mild": (0.1, 0.085, 0.12), "moderate": (0.15, 0.105, 0.15), "severe": (0.2, 0.13, 0.18)}
-_ATEL_WIDTH = {"mild": 0.014, "moderate": 0.024, "severe": 0.036}
+_EFFUSION_LEVEL = {"small": 0.15, "moderate": 0.23, "large": 0.36}
+_CONSOL_RADIUS = {"small": 0.055, "moderate": 0.072, "large": 0.095}
+_EDEMA = {"mild": (0.12, 0.11, 0.13), "moderate": (0.17, 0.135, 0.16), "severe": (0.22, 0.165, 0.19)}
+_ATEL_WIDTH = {"mild": 0.02, "moderate": 0.03, "severe": 0.042}
 _LESION_RADIUS = {"small": 0.022, "moderate": 0.034, "large": 0.058}
 _ZONE_Y = {"upper": 0.25, "middle": 0.44, "lower": 0.6}
 
@@ -48,23 +48,30 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=64)
-def _blur_matrix(size: int, sigma_q: int) -> np.ndarray:
-    """Banded ``(size, size)`` Gaussian blur matrix for sigma = ``sigma_q / 20`` pixels (edges renormalised)."""
+def _kernel(sigma_q: int) -> np.ndarray:
+    """Normalised 1-D Gaussian taps for sigma = ``sigma_q / 20`` pixels (radius 3 sigma)."""
     sigma = sigma_q / 20.0
-    idx = np.arange(size, dtype=np.float32)
-    m = np.exp(-0.5 * ((idx[:, None] - idx[None, :]) / sigma) ** 2)
-    m[np.abs(idx[:, None] - idx[None, :]) > 4 * sigma] = 0.0
-    m /= m.sum(axis=1, keepdims=True)
-    return m.astype(np.float32)
+    radius = max(1, int(math.ceil(3 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1, dtype=np.float32) / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32)
 
 
 def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Separable Gaussian blur of a square ``(S, S)`` float image (two matrix products)."""
+    """Separable Gaussian blur of a ``(S, S)`` float image (edge pixels replicated)."""
     q = int(round(sigma_px * 20))
     if q < 4:
         return img
-    m = _blur_matrix(img.shape[0], q)
-    return m @ img @ m.T
+    taps = _kernel(q)
+    r = len(taps) // 2
+    padded = np.pad(img, r, mode="edge")
+    n = img.shape[0]
+    rows = taps[0] * padded[:, 0:n]
+    for k in range(1, len(taps)):
+        rows = rows + taps[k] * padded[:, k : k + n]
+    out = taps[0] * rows[0:n, :]
+    for k in range(1, len(taps)):
+        out = out + taps[k] * rows[k : k + n, :]
+    return out
 
 
 def _inside(f: np.ndarray, width: float) -> np.ndarray:
@@ -165,7 +172,7 @@ def _heart_field(scene: _Scene, cardiomegaly: str | None) -> np.ndarray:
     hw = an.heart_width * scale
     hh = 0.13 * (1.0 + 0.35 * (scale - 1.0))
     cx = scene.mid + 0.045 + 0.55 * (hw - an.heart_width)
-    cy = an.dome_left - 0.075 + 0.2 * (hh - 0.13) + an.dy * 0.3
+    cy = an.dome_left - 0.105 + 0.2 * (hh - 0.13) + an.dy * 0.3
     t = math.radians(an.heart_tilt)
     dx, dy = scene.x - cx, scene.y - cy
     u = (dx * math.cos(t) + dy * math.sin(t)) / hw
@@ -252,12 +259,12 @@ def _anatomy(scene: _Scene, cardiomegaly: str | None, tex_rng: np.random.Generat
     for sgn in (-1.0, 1.0):
         for i in range(10):
             y0 = 0.1 + an.rib_phase + i * an.rib_gap + an.dy
-            xs = [mid + sgn * (0.035 + 0.37 * an.thorax_scale * t / 10) for t in range(11)]
-            ys = [y0 - 0.035 * math.sin(math.pi * t / 11) + 0.1 * (t / 10) ** 2.5 for t in range(11)]
+            xs = [mid + sgn * (0.035 + 0.37 * an.thorax_scale * t / 6) for t in range(7)]
+            ys = [y0 - 0.035 * math.sin(math.pi * t / 6.6) + 0.1 * (t / 6) ** 2.5 for t in range(7)]
             bd.line(_px(list(zip(xs, ys)), size), fill=255, width=rib_w, joint="curve")
             ya = y0 + 0.035
-            ant = _curve((mid + sgn * 0.4 * an.thorax_scale, ya), (mid + sgn * 0.25, ya + 0.02), (mid + sgn * 0.1, ya + 0.1), 8)
-            bd.line(_px(ant, size), fill=55, width=rib_w, joint="curve")
+            ant = _curve((mid + sgn * 0.4 * an.thorax_scale, ya), (mid + sgn * 0.25, ya + 0.02), (mid + sgn * 0.1, ya + 0.1), 4)
+            bd.line(_px(ant, size), fill=55, width=rib_w)
         clav = _curve((mid + sgn * 0.04, 0.2 + an.dy), (mid + sgn * 0.17, 0.16 + an.clavicle_tilt), (mid + sgn * 0.36, 0.12 + an.dy), 10)
         cd.line(_px(clav, size), fill=255, width=max(1, round(0.03 * size)), joint="curve")
     ribs = _as_float(bl) * _inside(np.abs(x1 - mid) - 0.45 * an.thorax_scale, 0.02) * (y < dome + 0.04)
@@ -306,7 +313,7 @@ def _pneumothorax(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec) -> np
     # The visceral pleural line: a thin bright curve at the collapsed lung's edge.
     line = np.clip(1.0 - np.abs(shrunk) / max(1.2 * scene.px, 0.004), 0, 1) * lung_layer
     L["markings"] *= 1.0 - region
-    L["canvas"] += -0.06 * region + 0.2 * line
+    L["canvas"] += -0.08 * region + 0.2 * line
     return np.maximum(region, line)
 
 
@@ -335,14 +342,26 @@ def _consolidation(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec, rng:
     cx, cy = _zone_point(scene, lung_layer, side, f.location or "lower", rng, r * 0.6)
     field = np.zeros_like(scene.x)
     for _ in range(int(rng.integers(5, 9))):
-        bx, by = cx + rng.normal(0, r * 0.6), cy + rng.normal(0, r * 0.45)
+        bx, by = cx + rng.normal(0, r * 0.7), cy + rng.normal(0, r * 0.45)
         br = r * rng.uniform(0.35, 0.65)
         field = field + np.exp(-np.square(scene.x1 - bx) / (2 * br * br)) * np.exp(-np.square(scene.y1 - by) / (2 * br * br))
     # Patchy texture: coarse noise modulates density inside the opacity.
-    coarse = rng.random((18, 18)).astype(np.float32)
-    tex = np.asarray(Image.fromarray(coarse, mode="F").resize((scene.size, scene.size), Image.BILINEAR))
-    region = np.clip((field + 0.5 * (tex - 0.5) - 0.45) / 0.15, 0, 1) * lung_layer
-    L["canvas"] += region * (0.17 + 0.1 * tex)
+    coarse = rng.random((24, 24)).astype(np.float32)
+    tex = np.asarray(Image.fromarray(coarse, mode="F").resize((scene.size, scene.size), Image.BICUBIC))
+    # Ill-defined, patchy edges: noise shifts the threshold, a wide ramp softens it.
+    density = np.clip((field + 0.7 * (tex - 0.5) - 0.3) / 0.4, 0, 1) * lung_layer
+    # Air bronchograms: a few dark branching tubes through the opacity.
+    img, draw = _layer(scene.size)
+    for _ in range(3):
+        ang = rng.uniform(0, 2 * math.pi)
+        p0 = (cx - math.cos(ang) * r, cy - math.sin(ang) * r)
+        p2 = (cx + math.cos(ang) * r, cy + math.sin(ang) * r)
+        draw.line(_px(_curve(p0, (cx + rng.normal(0, r * 0.3), cy + rng.normal(0, r * 0.3)), p2, 6), scene.size),
+                  fill=255, width=max(1, round(scene.size / 224)))
+    bronchi = _as_float(img) * np.clip(density * 2 - 1, 0, 1)
+    L["canvas"] += density * (0.22 + 0.06 * tex) - 0.07 * bronchi
+    L["markings"] *= 1.0 - density
+    region = density
     return region
 
 
@@ -350,11 +369,12 @@ def _edema(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec) -> np.ndarra
     amp, sx, sy = _EDEMA[f.severity or "mild"]
     lungs = L["lung_right"] + L["lung_left"]
     haze = np.zeros_like(scene.x)
-    for hx, hy in scene.hilum.values():
+    for side, (hx, hy) in scene.hilum.items():
+        hx += 0.03 * scene.lung(side).sign  # centred just lateral of the hilum, over the lung
         haze = np.maximum(haze, np.exp(-np.square((scene.x1 - hx) / sx) / 2) * np.exp(-np.square((scene.y1 - hy) / sy) / 2))
     haze *= lungs
     L["canvas"] += amp * haze
-    L["markings"] *= 1.0 + 0.8 * haze  # indistinct, prominent vessels
+    L["markings"] *= 1.0 + 0.3 * haze  # indistinct, prominent vessels
     return np.clip((haze - 0.3) / 0.1, 0, 1)
 
 
@@ -373,7 +393,7 @@ def _atelectasis(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec, rng: n
         draw.line(_px(_curve((x0, y0), ((x0 + x1) / 2, (y0 + y1) / 2 + 0.012), (x1, y1), 10), scene.size), fill=255,
                   width=max(1, round(width * scene.size)), joint="curve")
         band = _blur(_as_float(img), 0.9 * scene.size / 224) * lung_layer
-        L["canvas"] += 0.19 * band
+        L["canvas"] += 0.22 * band
         L["markings"] *= 1.0 - band
         mask = np.maximum(mask, band)
     return mask
