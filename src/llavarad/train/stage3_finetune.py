@@ -67,6 +67,9 @@ def run_stage3(cfg: Stage3Config) -> Path:
     bundle = load_bundle(cfg)
     for p in bundle.model.parameters():
         p.requires_grad_(False)
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # the LoRA matrices are initialised randomly: make runs (and resumes) repeatable
     model = apply_lora(bundle.model, cfg.lora)
     trainable, total = count_parameters(model)
     logger.info("stage 3: training %d of %d parameters (LoRA r=%d on the LM + projector)", trainable, total, cfg.lora.r)
