@@ -160,3 +160,15 @@ def test_build_rejects_malformed_manifest_with_line_and_field(tmp_path: Path) ->
     with pytest.raises(ValueError, match=r"bad.jsonl:2 field 'split'"):
         build_mimic(bad, tmp_path / "sets")
     assert main(["data", "build", "mimic", str(bad), "--out-dir", str(tmp_path / "sets")]) == 1
+
+
+def test_streaming_reader_skips_torn_tail_only(tmp_path: Path) -> None:
+    from llavarad.data.builders import iter_manifest
+
+    good = '{"id": "a", "image": "a.jpg", "dataset": "openi", "split": "test"}\n'
+    path = tmp_path / "m.jsonl"
+    path.write_text(good + '{"id": "b", "ima')  # a write torn by a kill
+    assert [r.id for r in iter_manifest(path)] == ["a"]
+    path.write_text('{"id": "b", "ima\n' + good)
+    with pytest.raises(ValueError, match=r"m.jsonl:1"):
+        list(iter_manifest(path))

@@ -217,7 +217,8 @@ def _llm_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _run_llm(ctx: click.Context, task: str, kw: dict[str, Any]) -> None:
     from llavarad.config import ConfigError, load_config
     from llavarad.data.structuring import run_llm_step
-    from llavarad.io.manifest import ManifestError, iter_manifest
+    from llavarad.data.builders import iter_manifest
+    from llavarad.io.manifest import ManifestError
     from llavarad.llm import LLMClient, LLMConfig
 
     overrides = list(kw["overrides"])

@@ -16,6 +16,7 @@ study ids stay in memory. Every record left out is counted under a reason in the
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +27,7 @@ from typing import Any
 from llavarad.data._index import DiskIndex
 from llavarad.data.structuring import report_key
 from llavarad.data.templates import synthesize_report
-from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, ManifestRecord, iter_manifest, read_jsonl, write_manifest
+from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, ManifestError, ManifestRecord, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ __all__ = [
     "build_mimic",
     "build_openi",
     "dataset_counts",
+    "iter_jsonl_stream",
+    "iter_manifest",
 ]
 
 #: Datasets whose pre-training text is written from labels (Supplementary Table 4, "Synthetic Findings").
@@ -81,6 +84,35 @@ class CountTable:
         return "\n".join(lines)
 
 
+def iter_jsonl_stream(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` reading one line at a time (constant memory).
+
+    Same rules as :func:`llavarad.io.manifest.read_jsonl` (which reads the whole file at once): a
+    torn last line without a newline is skipped with a warning, any other bad line raises
+    :class:`~llavarad.io.manifest.ManifestError` naming file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if not raw.endswith(b"\n"):  # only the last line can lack its newline
+                    logger.warning("%s:%d: ignoring an incomplete last line (interrupted write)", path, number)
+                    return
+                raise ManifestError(path, number, None, f"not valid JSON ({exc})") from exc
+
+
+def iter_manifest(path: str | Path) -> Iterator[ManifestRecord]:
+    """Stream validated records of a JSONL manifest, one line in memory at a time."""
+    for number, obj in iter_jsonl_stream(path):
+        yield ManifestRecord.from_dict(obj, path, number)
+
+
 def _h(value: str) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little")
 
@@ -117,7 +149,7 @@ def _load_llm_outputs(paths: Iterable[str | Path | None], index: DiskIndex) -> i
     n = 0
     for path in paths:
         if path:
-            n += index.put_many((str(obj["id"]), obj) for _line, obj in read_jsonl(path)
+            n += index.put_many((str(obj["id"]), obj) for _line, obj in iter_jsonl_stream(path)
                                 if isinstance(obj, dict) and "id" in obj)
     return n
 
@@ -262,8 +294,6 @@ def build_mimic(manifest: str | Path, out_dir: str | Path, *, llm_outputs: Itera
         _load_llm_outputs(llm_outputs, llm)
         handles = {s: tmp_paths[s].open("w", encoding="utf-8") for s in splits}
         try:
-            import json
-
             for rec in iter_manifest(manifest):
                 if on_record:
                     on_record()
