@@ -31,9 +31,11 @@ _CARDIO_SCALE = {"mild": 1.2, "moderate": 1.36, "severe": 1.52}
 _PTX_DEPTH = {"small": 0.05, "moderate": 0.095, "large": 0.15}
 _EFFUSION_LEVEL = {"small": 0.15, "moderate": 0.23, "large": 0.36}
 _CONSOL_RADIUS = {"small": 0.055, "moderate": 0.072, "large": 0.095}
-_EDEMA = {"mild": (0.12, 0.11, 0.13), "moderate": (0.17, 0.135, 0.16), "severe": (0.22, 0.165, 0.19)}
-_ATEL_WIDTH = {"mild": 0.02, "moderate": 0.03, "severe": 0.042}
+_EDEMA = {"mild": (0.14, 0.11, 0.13), "moderate": (0.19, 0.135, 0.16), "severe": (0.25, 0.165, 0.19)}
+_ATEL_WIDTH = {"mild": 0.026, "moderate": 0.036, "severe": 0.05}
 _LESION_RADIUS = {"small": 0.022, "moderate": 0.034, "large": 0.058}
+#: Canvas change (about 2 gray levels) above which a pixel counts as changed by a finding.
+_VISIBLE = 0.006
 _ZONE_Y = {"upper": 0.25, "middle": 0.44, "lower": 0.6}
 
 
@@ -372,10 +374,10 @@ def _edema(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec) -> np.ndarra
     for side, (hx, hy) in scene.hilum.items():
         hx += 0.03 * scene.lung(side).sign  # centred just lateral of the hilum, over the lung
         haze = np.maximum(haze, np.exp(-np.square((scene.x1 - hx) / sx) / 2) * np.exp(-np.square((scene.y1 - hy) / sy) / 2))
-    haze *= lungs
+    haze = np.clip((haze - 0.2) / 0.8, 0, 1) * lungs  # compact: no faint tail over the whole lung
     L["canvas"] += amp * haze
     L["markings"] *= 1.0 + 0.3 * haze  # indistinct, prominent vessels
-    return np.clip((haze - 0.3) / 0.1, 0, 1)
+    return haze
 
 
 def _atelectasis(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec, rng: np.random.Generator) -> np.ndarray:
@@ -384,16 +386,25 @@ def _atelectasis(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec, rng: n
     for side in scene.sides(f.side):
         lu = scene.lung(side)
         lung_layer = L[f"lung_{side}"]
-        x0 = lu.lateral_x - lu.sign * 0.05
-        x1 = lu.medial_x + lu.sign * rng.uniform(0.08, 0.12)
-        y_dome = float(scene.dome(np.array([(x0 + x1) / 2], dtype=np.float32))[0])
+        y_dome = float(scene.dome(np.array([lu.cx], dtype=np.float32))[0])
         y1 = y_dome - rng.uniform(0.05, 0.075)
+        # Span the lung actually visible at that height (an enlarged heart hides the medial base).
+        for _ in range(12):
+            row = lung_layer[min(scene.size - 1, int(y1 * scene.size))]
+            cols = np.nonzero(row > 0.9)[0]
+            if len(cols) * scene.px >= 0.12:
+                break
+            y1 -= 0.02
+        span = (cols.min(), cols.max()) if len(cols) else (0, 0)
+        xa, xb = (span[0] + 0.5) * scene.px, (span[1] + 0.5) * scene.px
+        width_x = xb - xa
+        x0, x1 = (xa + 0.12 * width_x, xb - 0.08 * width_x) if side == "right" else (xb - 0.12 * width_x, xa + 0.08 * width_x)
         y0 = y1 + rng.uniform(-0.025, 0.02)
         img, draw = _layer(scene.size)
         draw.line(_px(_curve((x0, y0), ((x0 + x1) / 2, (y0 + y1) / 2 + 0.012), (x1, y1), 10), scene.size), fill=255,
                   width=max(1, round(width * scene.size)), joint="curve")
         band = _blur(_as_float(img), 0.9 * scene.size / 224) * lung_layer
-        L["canvas"] += 0.22 * band
+        L["canvas"] += 0.27 * band
         L["markings"] *= 1.0 - band
         mask = np.maximum(mask, band)
     return mask
@@ -468,9 +479,17 @@ def render(spec: PhantomSpec, size: int, rng: np.random.Generator) -> tuple[np.n
     cardio = by_name.get("cardiomegaly")
     tex_rng = np.random.default_rng(an.texture_seed)
     L = _anatomy(scene, cardio.severity if cardio else None, tex_rng)
-    soft: dict[str, np.ndarray] = {}
+    lungs = L["lung_right"] + L["lung_left"]
+
+    def composed() -> np.ndarray:
+        return L["canvas"] + an.markings * L["markings"] * lungs
+
+    masks: dict[str, np.ndarray] = {}
     if cardio:
-        soft["cardiomegaly"] = L["heart"]
+        masks["cardiomegaly"] = L["heart"] > 0.5
+    # A finding's mask is its core region plus every pixel it visibly changes (soft edges, tails,
+    # erased markings), so a finding-free twin differs only inside the masks (and the blur halo).
+    before = composed()
     order = ("pneumothorax", "edema", "consolidation", "atelectasis", "lung_lesion", "pleural_effusion")
     for name in order:
         f = by_name.get(name)
@@ -478,22 +497,26 @@ def render(spec: PhantomSpec, size: int, rng: np.random.Generator) -> tuple[np.n
             continue
         frng = np.random.default_rng(f.seed)
         if name == "pneumothorax":
-            soft[name] = _pneumothorax(scene, L, f)
+            core = _pneumothorax(scene, L, f)
         elif name == "edema":
-            soft[name] = _edema(scene, L, f)
+            core = _edema(scene, L, f)
         elif name == "consolidation":
-            soft[name] = _consolidation(scene, L, f, frng)
+            core = _consolidation(scene, L, f, frng)
         elif name == "atelectasis":
-            soft[name] = _atelectasis(scene, L, f, frng)
+            core = _atelectasis(scene, L, f, frng)
         elif name == "lung_lesion":
-            soft[name] = _lesion(scene, L, f, frng)
+            core = _lesion(scene, L, f, frng)
         else:
-            soft[name] = _effusion(scene, L, f)
-    canvas = L["canvas"] + an.markings * L["markings"] * (L["lung_right"] + L["lung_left"])
+            core = _effusion(scene, L, f)
+        after = composed()
+        masks[name] = (core > 0.5) | (np.abs(after - before) > _VISIBLE)
+        before = after
+    canvas = before
     for f in spec.findings:
         if f.finding in ("endotracheal_tube", "central_line", "chest_tube", "pacemaker"):
-            density, soft[f.finding] = _device(scene, f, np.random.default_rng(f.seed))
+            density, core = _device(scene, f, np.random.default_rng(f.seed))
             canvas = canvas + density
+            masks[f.finding] = (core > 0.5) | (density > _VISIBLE)
     # Acquisition: blur, a fixed contrast curve, mottle and quantum noise. Noise is drawn in the
     # same order whatever the findings, so a finding-free rendering shares it exactly.
     img = _blur(np.asarray(canvas, dtype=np.float32), an.blur * size / 224)
@@ -502,5 +525,4 @@ def render(spec: PhantomSpec, size: int, rng: np.random.Generator) -> tuple[np.n
     mottle = np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC))
     img = img * (1 + an.exposure_tilt * (scene.x - 0.5)) + 0.015 * mottle + rng.normal(0, an.noise, (size, size)).astype(np.float32)
     out = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
-    masks = {name: m > 0.5 for name, m in soft.items()}
     return out, masks

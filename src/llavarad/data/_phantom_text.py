@@ -122,7 +122,7 @@ def _sentence(f: FindingSpec, rng: np.random.Generator) -> tuple[str, str, list[
         return s, f"{_cap(sev)} {side} pneumothorax.", words
     if f.finding == "consolidation":
         zone = _ZONE[loc]
-        adj = {"small": "small focal", "moderate": "patchy", "large": "extensive"}[sev]
+        adj = {"small": "small focal", "moderate": "moderate patchy", "large": "extensive"}[sev]
         words = [*adj.split(), "consolidation", side, zone, "lung", "zone"]
         s = (f"{_cap(adj)} consolidation in the {side} {zone} lung zone." if k == 0
              else f"There is {adj} consolidation in the {side} {zone} lung zone.")
