@@ -66,14 +66,10 @@ _OTHER_HEADERS = frozenset({
     "electronically signed by", "note", "communication", "critical result", "critical results",
 })
 
-# A candidate header: a short phrase at a line start or after a sentence end, before a colon,
-# or alone on its line. The phrase must start with a letter, so "___" and "10:42" never qualify.
-_CANDIDATE = re.compile(
-    r"(?:^|(?<=[.;:!?]))[ \t]*(?P<h>[A-Za-z][A-Za-z /&()'-]{0,48}?)[ \t]*(?P<end>:|[ \t]*$)",
-    re.MULTILINE,
-)
-_INLINE_CAPS = re.compile(r"(?<![A-Za-z0-9_])(?P<h>[A-Z][A-Z/&()' -]{1,40}[A-Z)])[ \t]*:")
-_INLINE_TITLE = re.compile(r"(?<![A-Za-z0-9_])(?P<h>[A-Z][a-z]+(?: [a-z]+){0,3})[ \t]*:")
+# A header phrase holds letters, spaces and / & ( ) ' - only, so "___" and "10:42" never qualify.
+_PHRASE = re.compile(r"[A-Za-z][A-Za-z /&()'\t-]*\Z")
+_OWN_LINE = re.compile(r"^[ \t]*([A-Za-z][A-Za-z /&]{1,40}?)[ \t]*$", re.MULTILINE)
+_TAIL_WORDS = {k: re.compile(r"\S+" + r"\s+\S+" * (k - 1) + r"\s*\Z") for k in range(1, 5)}
 _WS = re.compile(r"\s+")
 _NUMBERING = re.compile(r"(?:^|(?<=[.:;!?]))\s*(?:\(?\d{1,2}[.)]|[-*\u2022])\s+(?=\S)", re.MULTILINE)
 
@@ -148,51 +144,70 @@ def _classify(phrase: str, cutoff: float) -> str | None:
     return None
 
 
-def _resolve(phrase: str, cutoff: float, exact_only: bool) -> tuple[str | None, str]:
-    """Classify a phrase, else its trailing 1-4 words ("cough FINDINGS" -> FINDINGS)."""
-    section = HEADER_SYNONYMS.get(_WS.sub(" ", phrase.strip().lower())) if exact_only else _classify(phrase, cutoff)
-    if section is not None:
-        return section, phrase
-    words = phrase.split()
-    for k in range(min(4, len(words) - 1), 0, -1):
-        tail = " ".join(words[-k:])
-        if tail[:1].isupper() and len(tail) > 2:
-            sec = HEADER_SYNONYMS.get(tail.lower()) if exact_only else _classify(tail, cutoff)
-            if sec is not None:
-                return sec, tail
-    return None, phrase
-
-
 def _at_line_start(text: str, pos: int) -> bool:
     line_begin = text.rfind("\n", 0, pos) + 1
     return text[line_begin:pos].strip() == ""
 
 
+def _tail_header(raw: str, whole: bool, cutoff: float) -> tuple[str, str, int] | None:
+    """The trailing 1-4 words of ``raw`` that form a header: ALL-CAPS (misspellings allowed) or
+    Title-case (exact): "back pain PRIOR STUDIES" -> PRIOR STUDIES. Returns (section, text, offset)."""
+    words = raw.split()
+    for k in range(min(4, len(words) - 1 if whole else len(words)), 0, -1):
+        tail = " ".join(words[-k:])
+        if len(tail) < 3 or not _PHRASE.match(tail):
+            continue
+        if tail.isupper():
+            section = _classify(tail, cutoff)
+        elif tail[0].isupper() and tail[1:] == tail[1:].lower():
+            section = HEADER_SYNONYMS.get(tail.lower())
+        else:
+            continue
+        if section is not None and section != "other":
+            m = _TAIL_WORDS[k].search(raw)
+            assert m is not None  # raw ends with these k words
+            return section, tail, m.start()
+    return None
+
+
 def _find_headers(text: str, cutoff: float) -> list[tuple[int, int, str, str]]:
-    """Return ``(start, end, section, header_text)`` for every header, in order."""
+    """Return ``(start, end, section, header_text)`` for every header, in order.
+
+    Colon headers are found from each colon backwards to the previous sentence or line boundary
+    (a handful of colons per report, so this is fast); colon-less headers must stand alone on
+    their line and be spelt exactly.
+    """
     candidates: list[tuple[int, int, str, str]] = []
-    for m in _CANDIDATE.finditer(text):
-        phrase = m.group("h")
-        has_colon = m.group("end") == ":"
-        section, used = _resolve(phrase, cutoff, exact_only=False)
-        start = m.start("h") + (phrase.rindex(used) if used != phrase else 0)
+    pos = text.find(":")
+    while pos != -1:
+        lo = max(0, pos - 50)
+        seg = text[lo:pos]
+        boundary = max(seg.rfind("."), seg.rfind(";"), seg.rfind(":"), seg.rfind("!"), seg.rfind("?"),
+                       seg.rfind("\n"))
+        whole = boundary != -1 or lo == 0
+        raw = seg[boundary + 1 :]
+        phrase = raw.strip()
+        start = lo + boundary + 1 + (len(raw) - len(raw.lstrip()))
+        section = _classify(phrase, cutoff) if whole and phrase and _PHRASE.match(phrase) else None
+        used = phrase
+        if section == "other" and not (phrase.isupper() or _at_line_start(text, start)):
+            section = None  # "Note: ..." inside a sentence stays text
         if section is None:
-            # An unknown ALL-CAPS "HEADER:" at a line start still ends the previous section.
-            if not (has_colon and _at_line_start(text, m.start("h")) and phrase.isupper() and len(phrase) > 2):
-                continue
-            section = "other"
-        elif not has_colon and (used != phrase or used.strip().lower() not in HEADER_SYNONYMS
-                                or not _at_line_start(text, m.start("h"))):
-            continue  # a header without a colon must be spelt exactly and alone on its line
-        candidates.append((start, m.end(), section, used.strip()))
-    # Headers run into the previous sentence without a full stop: "... back pain PRIOR STUDIES: ..."
-    for regex, exact in ((_INLINE_CAPS, False), (_INLINE_TITLE, True)):
-        for m in regex.finditer(text):
-            section, used = _resolve(m.group("h"), cutoff, exact_only=exact)
-            if section is None or section == "other":
-                continue
-            start = m.start("h") + m.group("h").rindex(used)
-            candidates.append((start, m.end(), section, used.strip()))
+            tail = _tail_header(raw, whole, cutoff)
+            if tail is not None:
+                section, used, offset = tail
+                start = lo + boundary + 1 + offset
+            elif whole and phrase.isupper() and len(phrase) > 2 and _PHRASE.match(phrase) \
+                    and _at_line_start(text, start):
+                section = "other"  # an unknown ALL-CAPS "HEADER:" at a line start ends a section
+        if section is not None:
+            candidates.append((start, pos + 1, section, used))
+        pos = text.find(":", pos + 1)
+    for m in _OWN_LINE.finditer(text):
+        key = " ".join(m.group(1).lower().split())
+        section = HEADER_SYNONYMS.get(key)
+        if section is not None:
+            candidates.append((m.start(1), m.end(1), section, m.group(1)))
     candidates.sort()
     found: list[tuple[int, int, str, str]] = []
     for cand in candidates:
