@@ -9,6 +9,7 @@ from llavarad.evaluate.bootstrap import (
     bootstrap_ci,
     bootstrap_indices,
     bootstrap_mean_ci,
+    bootstrap_median,
     percentile_interval,
     resample_counts,
 )
@@ -63,3 +64,8 @@ def test_bad_arguments_are_named(kwargs, message):
 
 def test_single_item_interval_is_degenerate():
     assert bootstrap_mean_ci(np.array([0.25]), n_resamples=10) == (0.25, 0.25, 0.25)
+
+
+def test_bootstrap_median_ignores_nonfinite():
+    assert bootstrap_median(np.array([3.0, 1.0, np.nan, 2.0])) == 2.0
+    assert np.isnan(bootstrap_median(np.array([np.inf])))

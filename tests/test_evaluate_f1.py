@@ -85,6 +85,7 @@ def test_values_and_intervals_match_sklearn_on_each_resample():
                 value = f1_score(t[:, cols], p[:, cols], average=average, zero_division=0)
                 low, high = percentile_interval(100 * np.array(reps))
                 assert res.summary[policy][subset][average] == pytest.approx((100 * value, low, high), abs=1e-9)
+                assert res.medians[policy][subset][average] == pytest.approx(100 * float(np.median(reps)), abs=1e-9)
 
 
 def test_per_pair_f1():

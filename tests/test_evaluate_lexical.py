@@ -73,6 +73,8 @@ def test_vectorised_bootstrap_equals_rescoring_each_resample(shared_data):
     rouge = rouge_l_scores(refs, hyps)
     low, high = percentile_interval(np.array([rouge[row].mean() for row in idx]))
     assert res.rouge_l == pytest.approx((100 * rouge.mean(), 100 * low, 100 * high), abs=1e-9)
+    assert res.medians["BLEU-4"] == pytest.approx(float(np.median(reps4)), abs=1e-9)
+    assert res.medians["ROUGE-L"] == pytest.approx(100 * float(np.median([rouge[row].mean() for row in idx])), abs=1e-9)
     assert np.array_equal(resample_counts(30, 25, 7).sum(1), np.full(25, 30.0))
 
 

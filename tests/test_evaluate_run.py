@@ -101,6 +101,7 @@ def test_evaluate_end_to_end(tmp_path, shared_data):
             assert m is None
             continue
         assert m["ci_low"] <= m["value"] <= m["ci_high"], key
+        assert m["ci_low"] <= m["bootstrap_median"] <= m["ci_high"], key
         assert 0.0 <= m["value"] <= 100.0
     assert "turned off" in result["settings"]["metrics"]["F1-RadGraph"]["skipped"]
     assert result["settings"]["bootstrap"] == {"n_resamples": 50, "seed": 0, "confidence": 0.95, "method": "percentile",

@@ -25,6 +25,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_indices",
     "bootstrap_mean_ci",
+    "bootstrap_median",
     "percentile_interval",
     "resample_counts",
 ]
@@ -85,6 +86,17 @@ def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tup
     alpha = (1.0 - float(confidence)) / 2.0
     low, high = np.percentile(finite, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return float(low), float(high)
+
+
+def bootstrap_median(replicates: np.ndarray) -> float:
+    """Median of the finite bootstrap replicates, shape ``(n_resamples,)`` (nan if none).
+
+    LLaVA-Rad's evaluation script reported this median, rather than the value on all items, as
+    the headline of its bootstrapped metrics; it is recorded next to the value for comparison.
+    """
+    reps = np.asarray(replicates, dtype=np.float64).ravel()
+    finite = reps[np.isfinite(reps)]
+    return float(np.median(finite)) if finite.size else float("nan")
 
 
 def bootstrap_ci(

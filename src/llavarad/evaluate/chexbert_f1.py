@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from llavarad.evaluate.bootstrap import percentile_interval, resample_counts
+from llavarad.evaluate.bootstrap import bootstrap_median, percentile_interval, resample_counts
 from llavarad.io.manifest import CHEXPERT_OBSERVATIONS
 
 logger = logging.getLogger(__name__)
@@ -132,10 +132,12 @@ class ChexbertF1Result:
     ``summary[policy][subset][average]``: policy "negative"/"positive" (uncertain as ...),
     subset "14"/"5", average "micro"/"macro". ``per_observation[policy][observation]``: precision,
     recall, f1 (0-100), f1_ci_low, f1_ci_high, support (reference positives), predicted
-    (prediction positives).
+    (prediction positives). ``medians[policy][subset][average]``: median of the bootstrap
+    replicates (0-100).
     """
 
     summary: dict[str, dict[str, dict[str, tuple[float, float, float]]]] = field(default_factory=dict)
+    medians: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     per_observation: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     n: int = 0
 
@@ -173,6 +175,7 @@ def chexbert_f1(
         tp, fp, fn = confusion_cells(y_true, y_pred)
         tp_r, fp_r, fn_r = counts @ tp, counts @ fp, counts @ fn  # (R, 14) per resample
         result.summary[policy] = {}
+        result.medians[policy] = {}
         for key, obs in subsets.items():
             cols = list(range(14)) if key == "14" else idx5
             _, micro_r, macro_r = f1_from_cells(tp_r[:, cols], fp_r[:, cols], fn_r[:, cols])
@@ -181,6 +184,7 @@ def chexbert_f1(
                 value = f1_score(y_true[:, cols], y_pred[:, cols], average=average, zero_division=0)
                 low, high = percentile_interval(reps, confidence)
                 entry[average] = (100.0 * float(value), 100.0 * low, 100.0 * high)
+                result.medians[policy].setdefault(key, {})[average] = 100.0 * bootstrap_median(reps)
             result.summary[policy][key] = entry
             _check_vectorised(tp[:, cols], fp[:, cols], fn[:, cols], entry)
         prec, rec, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version as _pkg_version
 
 import numpy as np
 
-from llavarad.evaluate.bootstrap import percentile_interval, resample_counts
+from llavarad.evaluate.bootstrap import bootstrap_median, percentile_interval, resample_counts
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def per_report_scores(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, lis
 class LexicalResult:
     """Lexical metrics on a 0-100 scale, each as ``(value, ci_low, ci_high)``.
 
-    ``rouge_l_per_report`` (shape ``(n,)``, in [0, 1]) is kept for per-report outputs.
+    ``rouge_l_per_report`` (shape ``(n,)``, in [0, 1]) is kept for per-report outputs;
+    ``medians`` holds the median of each metric's bootstrap replicates ("BLEU-1", "BLEU-4", "ROUGE-L").
     """
 
     bleu1: tuple[float, float, float]
@@ -143,6 +144,7 @@ class LexicalResult:
     rouge_l: tuple[float, float, float]
     rouge_l_per_report: np.ndarray
     bleu_stats: BleuStats
+    medians: dict[str, float] = field(default_factory=dict)
 
 
 def lexical_metrics(
@@ -169,19 +171,22 @@ def lexical_metrics(
     st = bleu_stats(refs, hyps)
     resampled = counts @ st.stats.astype(np.float64)  # (R, 10) summed statistics per resample
     total = st.stats.sum(axis=0)
-    out = {}
+    out, medians = {}, {}
     for order in (1, 4):
         reps = np.array([bleu_from_stats(np.rint(row), order) for row in resampled])
         out[order] = (bleu_from_stats(total, order), *percentile_interval(reps, confidence))
+        medians[f"BLEU-{order}"] = bootstrap_median(reps)
     rouge = rouge_l_scores(refs, hyps)
     rouge_reps = counts @ rouge / len(refs)
     r_low, r_high = percentile_interval(rouge_reps, confidence)
+    medians["ROUGE-L"] = 100.0 * bootstrap_median(rouge_reps)
     return LexicalResult(
         bleu1=out[1],
         bleu4=out[4],
         rouge_l=(100.0 * float(rouge.mean()), 100.0 * r_low, 100.0 * r_high),
         rouge_l_per_report=rouge,
         bleu_stats=st,
+        medians=medians,
     )
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from llavarad import __version__
 from llavarad.config import ConfigError, config_to_dict
-from llavarad.evaluate.bootstrap import bootstrap_mean_ci, resample_counts
+from llavarad.evaluate.bootstrap import bootstrap_mean_ci, bootstrap_median, resample_counts
 from llavarad.evaluate.chexbert_f1 import OBSERVATIONS_14, chexbert_f1, chexbert_f1_settings, per_pair_f1
 from llavarad.evaluate.lexical import bleu_from_stats, lexical_metrics, lexical_settings
 from llavarad.evaluate.priors import detect_prior_mentions
@@ -440,20 +440,23 @@ def evaluate(
         for subset in ("14", "5"):
             for average in ("micro", "macro"):
                 v, lo, hi = f1.summary[policy][subset][average]
-                metrics[f"{average.capitalize()}-F1-{subset}{suffix}"] = {"value": v, "ci_low": lo, "ci_high": hi}
+                metrics[f"{average.capitalize()}-F1-{subset}{suffix}"] = {
+                    "value": v, "ci_low": lo, "ci_high": hi, "bootstrap_median": f1.medians[policy][subset][average]}
     if rg_scores is not None:
         v, lo, hi = bootstrap_mean_ci(rg_scores, counts=counts, n_resamples=bs, confidence=config.confidence)
-        metrics["F1-RadGraph"] = {"value": 100 * v, "ci_low": 100 * lo, "ci_high": 100 * hi}
+        metrics["F1-RadGraph"] = {"value": 100 * v, "ci_low": 100 * lo, "ci_high": 100 * hi,
+                                  "bootstrap_median": 100 * bootstrap_median(counts @ rg_scores / n)}
     else:
         metrics["F1-RadGraph"] = None
     for key, val in (("BLEU-1", lex.bleu1), ("BLEU-4", lex.bleu4), ("ROUGE-L", lex.rouge_l)):
-        metrics[key] = {"value": val[0], "ci_low": val[1], "ci_high": val[2]}
+        metrics[key] = {"value": val[0], "ci_low": val[1], "ci_high": val[2], "bootstrap_median": lex.medians[key]}
 
     priors = detect_prior_mentions(hyps)
     ref_priors = detect_prior_mentions(refs)
     pv, plo, phi = bootstrap_mean_ci(priors.flagged.astype(np.float64), counts=counts, n_resamples=bs,
                                      confidence=config.confidence)
-    metrics["Prior-mentions"] = {"value": 100 * pv, "ci_low": 100 * plo, "ci_high": 100 * phi}
+    metrics["Prior-mentions"] = {"value": 100 * pv, "ci_low": 100 * plo, "ci_high": 100 * phi,
+                                 "bootstrap_median": 100 * bootstrap_median(counts @ priors.flagged.astype(np.float64) / n)}
 
     metric_settings = {**{k: dict(chexbert_f1_settings(labeler.name, labeler.version, getattr(labeler, "settings", {})),
                                   metric=k) for k, _, _ in TABLE_COLUMNS[:8]},
