@@ -309,7 +309,10 @@ def _write_counts(table: Any, path: Path) -> None:
 @click.option("--llm-outputs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Outputs of data structure / findings / translate (repeatable).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the label templates.")
-def build_cxr697k_cmd(manifests: tuple[Path, ...], out: Path, llm_outputs: tuple[Path, ...], seed: int) -> None:
+@click.option("--splits", default="train", show_default=True,
+              help="Official splits to keep, comma-separated (the paper: train only).")
+def build_cxr697k_cmd(manifests: tuple[Path, ...], out: Path, llm_outputs: tuple[Path, ...], seed: int,
+                      splits: str) -> None:
     """Stage-1 pre-training pairs from all seven sources (train splits only); Supplementary Table 4.
 
     \b
@@ -324,7 +327,12 @@ def build_cxr697k_cmd(manifests: tuple[Path, ...], out: Path, llm_outputs: tuple
     with _progress("cxr697k") as bar:
         t = bar.add_task("records", total=None)
         try:
-            table = build_cxr697k(manifests, out, llm_outputs=llm_outputs, seed=seed, on_record=lambda: bar.advance(t))
+            keep = tuple(x.strip() for x in splits.split(",") if x.strip())
+            bad = [x for x in keep if x not in ("train", "validate", "test")]
+            if bad or not keep:
+                raise click.ClickException(f"--splits {splits!r}: use train, validate and/or test")
+            table = build_cxr697k(manifests, out, llm_outputs=llm_outputs, seed=seed, splits=keep,
+                                  on_record=lambda: bar.advance(t))
         except ManifestError as exc:
             raise click.ClickException(str(exc)) from exc
     _render(table)
