@@ -338,3 +338,17 @@ def test_layout_resembles_real_radiographs(shared_data):
         spec, _, _, rng = build_record(config, i)
         phantoms.append(profile(draw_phantom(rng, spec, 112)[0]))
     assert np.corrcoef(real, np.mean(phantoms, 0))[0, 1] > 0.6
+
+
+def test_workers_give_identical_output(tmp_path):
+    config = PhantomConfig(n=9, size=48, seed=6)
+    generate_phantoms(config, tmp_path / "one")
+    summary = generate_phantoms(config, tmp_path / "two", workers=2)
+    assert summary.written == 9
+    assert (tmp_path / "one" / "manifest.jsonl").read_bytes() == (tmp_path / "two" / "manifest.jsonl").read_bytes()
+    for sub in ("images", "masks"):
+        one = {p.name: p.read_bytes() for p in (tmp_path / "one" / sub).iterdir()}
+        two = {p.name: p.read_bytes() for p in (tmp_path / "two" / sub).iterdir()}
+        assert one == two
+    with pytest.raises(ValueError, match="workers=0"):
+        generate_phantoms(config, tmp_path / "three", workers=0)

@@ -33,11 +33,12 @@ def _fractions(text: str) -> list[float]:
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ (the manifest then has mask: null).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A phantom_config.json / YAML of PhantomConfig fields; options above override it.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Drawing processes (same output for any number).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def phantom_cmd(ctx: click.Context, out_dir: Path, n: int | None, size: int | None, seed: int | None,
                 split_fractions: str | None, normal_fraction: float | None, prevalence: tuple[str, ...],
-                no_masks: bool, config_path: Path | None, as_json: bool) -> None:
+                no_masks: bool, config_path: Path | None, workers: int, as_json: bool) -> None:
     """Draw synthetic chest radiographs with known findings, reports, labels and region masks.
 
     Findings (cardiomegaly, pleural effusion, pneumothorax, consolidation, edema, atelectasis, lung
@@ -77,7 +78,8 @@ def phantom_cmd(ctx: click.Context, out_dir: Path, n: int | None, size: int | No
                   TimeRemainingColumn(), transient=True, disable=as_json) as bar:
         task = bar.add_task("drawing phantoms", total=config.n)
         try:
-            summary = generate_phantoms(config, out_dir, progress=lambda done, total: bar.update(task, completed=done))
+            summary = generate_phantoms(config, out_dir, workers=workers,
+                                        progress=lambda done, total: bar.update(task, completed=done))
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
 

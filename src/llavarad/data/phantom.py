@@ -413,14 +413,34 @@ def load_phantom_config(path: str | Path) -> PhantomConfig:
     return config_from_dict(PhantomConfig, data, str(path))
 
 
+def _draw_and_save(job: tuple[PhantomConfig, int, str, str]) -> tuple[dict[str, Any], str | None]:
+    """Draw record ``index`` and write its image and masks; return its row and an error or None."""
+    config, index, split, out_dir = job
+    out = Path(out_dir)
+    spec, _report, row, rng = build_record(config, index, split)
+    try:
+        image, masks = draw_phantom(rng, spec, config.size)
+        if config.write_masks:
+            for name, mask in masks.items():
+                _save_png(mask.astype(np.uint8) * 255, out / f"masks/{row['id']}__{name}.png")
+        _save_png(image, out / row["image"])
+    except (OSError, ValueError) as exc:
+        return row, f"{row['id']}: {type(exc).__name__}: {exc}"
+    return row, None
+
+
 def generate_phantoms(config: PhantomConfig, out_dir: str | Path,
-                      progress: Callable[[int, int], None] | None = None) -> PhantomSummary:
+                      progress: Callable[[int, int], None] | None = None, workers: int = 1) -> PhantomSummary:
     """Generate ``config.n`` phantoms into ``out_dir``; resume a folder made with the same config.
 
     Records already in ``manifest.jsonl`` are skipped (their files are not redrawn); a record whose
-    files cannot be written is logged to ``errors.jsonl`` and the run continues. ``progress`` is
-    called as ``progress(done, total)`` after each record.
+    files cannot be written is logged to ``errors.jsonl`` and the run continues. A record's
+    manifest line is written only after its files, in index order, so a killed run resumes
+    cleanly. ``workers`` > 1 draws in that many processes (the output is identical).
+    ``progress`` is called as ``progress(done, total)`` after each record.
     """
+    if workers < 1:
+        raise ValueError(f"workers={workers}: use 1 or more processes")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if config.write_masks:
@@ -433,30 +453,42 @@ def generate_phantoms(config: PhantomConfig, out_dir: str | Path,
     split_of = _splits(config)
     # No fsync per line: a killed process loses nothing flushed; a torn tail is repaired on resume.
     with JsonlWriter(out / "manifest.jsonl", fsync=False) as writer, JsonlWriter(out / "errors.jsonl", fsync=False) as errors:
+        pending = []
         for i in range(config.n):
-            spec, _report, row, rng = build_record(config, i, split_of[i])
+            spec, _report, row, _rng = build_record(config, i, split_of[i])
             splits[row["split"]] += 1
             counts.update(spec.names())
             summary.normal += not spec.findings
             if row["id"] in writer.done:
                 summary.skipped += 1
             else:
-                try:
-                    image, masks = draw_phantom(rng, spec, config.size)
-                    if config.write_masks:
-                        for name, mask in masks.items():
-                            _save_png(mask.astype(np.uint8) * 255, out / f"masks/{row['id']}__{name}.png")
-                    _save_png(image, out / row["image"])
+                pending.append((config, i, split_of[i], str(out)))
+        if progress is not None:
+            progress(summary.skipped, config.n)
+        pool = None
+        if workers > 1 and len(pending) > 1:
+            import multiprocessing
+
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = multiprocessing.get_context(method).Pool(min(workers, len(pending)))
+        try:
+            results = pool.imap(_draw_and_save, pending, chunksize=4) if pool else map(_draw_and_save, pending)
+            for row, error in results:
+                if error is None:
                     writer.write(row)
                     summary.written += 1
-                except (OSError, ValueError) as exc:
+                else:
                     summary.failed += 1
-                    err = {"id": row["id"], "error": f"{type(exc).__name__}: {exc}"}
+                    err = {"id": row["id"], "error": error}
                     summary.errors.append(err)
                     errors.write(err)
-                    logger.error("phantom %s: %s", row["id"], err["error"])
-            if progress is not None:
-                progress(i + 1, config.n)
+                    logger.error("phantom %s", error)
+                if progress is not None:
+                    progress(summary.skipped + summary.written + summary.failed, config.n)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
     if (out / "errors.jsonl").exists() and not summary.failed and (out / "errors.jsonl").stat().st_size == 0:
         (out / "errors.jsonl").unlink()
     summary.seconds = time.perf_counter() - start
