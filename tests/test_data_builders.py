@@ -140,14 +140,21 @@ def test_cxr697k_is_deterministic_and_streams_resumed_llm_rows(tmp_path: Path) -
                            patient_id=f"p{i % 3}", labels={"Edema": 1.0, "Cardiomegaly": 0.0}) for i in range(50)]
     recs.append(ManifestRecord(id="mimic-cxr/x", image="x.jpg", dataset="mimic-cxr", split="train", study_id="9",
                                view="LATERAL", findings="Rule-based text.", text_source="rule_based"))
+    recs.append(ManifestRecord(id="mimic-cxr/y", image="y.jpg", dataset="mimic-cxr", split="train", study_id="8",
+                               view="PA", text_source="rule_based"))
     write_manifest(recs, tmp_path / "in.jsonl")
     with JsonlWriter(tmp_path / "llm.jsonl") as w:
-        w.write({"id": "mimic-cxr/9", "text_source": "llm_structured", "sections": {"findings": "LLM text."}})
+        w.write({"id": "mimic-cxr/9", "task": "structure", "text_source": "llm_structured",
+                 "sections": {"findings": "LLM text."}})
+        w.write({"id": "mimic-cxr/9", "task": "findings", "text_source": "llm_structured", "findings": "Other."})
+        w.write({"id": "mimic-cxr/8", "task": "structure", "text_source": "llm_structured", "sections": {"findings": None}})
+        w.write({"id": "mimic-cxr/8", "task": "findings", "text_source": "llm_structured", "findings": "Extracted."})
     t1 = build_cxr697k([tmp_path / "in.jsonl"], tmp_path / "a.jsonl", llm_outputs=[tmp_path / "llm.jsonl"], seed=1)
     build_cxr697k([tmp_path / "in.jsonl"], tmp_path / "b.jsonl", llm_outputs=[tmp_path / "llm.jsonl"], seed=1)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     out = read_manifest(tmp_path / "a.jsonl")
-    assert out[-1].findings == "LLM text." and out[-1].text_source == "llm_structured"
+    assert out[-2].findings == "LLM text." and out[-2].text_source == "llm_structured"  # structure first
+    assert out[-1].findings == "Extracted."  # then findings extraction where structuring found none
     assert t1.data["chexpert"]["patients"] == 3 and t1.data["chexpert"]["pairs"] == 50
     assert "Paper pairs" in t1.to_markdown()
     assert "3" in dataset_counts(tmp_path / "a.jsonl").notes[0]

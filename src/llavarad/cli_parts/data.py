@@ -25,7 +25,7 @@ def data_group() -> None:
     """Data preparation: sectioning, label templates, importers, LLM structuring, builders.
 
     \b
-    One command per step (see docs/data.md):
+    Examples (one command per step, see docs/data.md):
       llavarad data import mimic-cxr /data/mimic-cxr-jpg/2.0.0 --reports /data/mimic-cxr-reports/files --out mimic.jsonl
       llavarad data structure mimic.jsonl --out mimic_structured.jsonl --base-url http://127.0.0.1:8000/v1 --model m
       llavarad data build mimic mimic.jsonl --llm-outputs mimic_structured.jsonl --out-dir sets/
@@ -150,9 +150,13 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
     from llavarad.io.manifest import JsonlWriter, write_manifest
 
     options: dict[str, Any] = {}
+    applies = {"--reports": ("mimic-cxr", "openi"), "--images": ("candid-ptx", "openi"), "--metadata": ("openi",),
+               "--read-dicom-headers": ("candid-ptx",)}
+    for flag, given in (("--reports", reports), ("--images", images), ("--metadata", metadata),
+                        ("--read-dicom-headers", read_dicom_headers or None)):
+        if given is not None and dataset not in applies[flag]:
+            raise click.ClickException(f"{flag} applies to {' and '.join(applies[flag])}, not {dataset}")
     if reports is not None:
-        if dataset not in ("mimic-cxr", "openi"):
-            raise click.ClickException(f"--reports applies to mimic-cxr and openi, not {dataset}")
         options["reports_dir" if dataset == "mimic-cxr" else "reports"] = reports
     if images is not None:
         options["images_dir"] = images
@@ -180,7 +184,7 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
                     yield item
 
             n = write_manifest(records(), out)
-    except (DatasetLayoutError, TypeError, FileNotFoundError) as exc:
+    except (DatasetLayoutError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{dataset}: wrote {n:,} records to {out}; {n_problems:,} problem row(s)"
                + (f" listed in {problems_path}" if n_problems else ""))
@@ -295,7 +299,12 @@ def findings_cmd(ctx: click.Context, **kw: Any) -> None:
 
 @data_group.group("build")
 def build_group() -> None:
-    """Build training / evaluation sets from imported manifests (counts as in the paper's tables)."""
+    """Build training / evaluation sets from imported manifests (counts as in the paper's tables).
+
+    \b
+    Example:
+      llavarad data build mimic mimic.jsonl --llm-outputs mimic_structured.jsonl --out-dir sets/
+    """
 
 
 def _write_counts(table: Any, path: Path) -> None:

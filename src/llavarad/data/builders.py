@@ -145,12 +145,12 @@ class _DatasetStats:
 
 
 def _load_llm_outputs(paths: Iterable[str | Path | None], index: DiskIndex) -> int:
-    """Index the rows of LLM step outputs by id (later files win)."""
+    """Index the rows of LLM step outputs by ``task|id`` (for one task, a later file wins)."""
     n = 0
     for path in paths:
         if path:
-            n += index.put_many((str(obj["id"]), obj) for _line, obj in iter_jsonl_stream(path)
-                                if isinstance(obj, dict) and "id" in obj)
+            n += index.put_many((f"{obj.get('task', 'structure')}|{obj['id']}", obj)
+                                for _line, obj in iter_jsonl_stream(path) if isinstance(obj, dict) and "id" in obj)
     return n
 
 
@@ -175,13 +175,20 @@ def _label_items(rec: ManifestRecord) -> dict[str, Any]:
     return {k: rec.labels.get(k) for k in CHEXPERT_OBSERVATIONS if k in rec.labels}
 
 
-def _llm_findings(llm: DiskIndex, rec: ManifestRecord) -> tuple[str | None, str | None]:
-    row = llm.get(report_key(rec))
-    if not row:
-        return None, None
-    if isinstance(row.get("sections"), dict):
-        return row["sections"].get("findings"), row.get("text_source", "llm_structured")
-    return row.get("findings"), row.get("text_source", "llm_structured")
+def _llm_findings(llm: DiskIndex, rec: ManifestRecord, tasks: tuple[str, ...]) -> tuple[str | None, str | None, bool]:
+    """Findings from the first of ``tasks`` whose output has some; also whether any output exists."""
+    key = report_key(rec)
+    seen = False
+    for task in tasks:
+        row = llm.get(f"{task}|{key}")
+        if not row:
+            continue
+        seen = True
+        sections = row.get("sections")
+        text = sections.get("findings") if isinstance(sections, dict) else row.get("findings")
+        if text:
+            return text, row.get("text_source", "llm_structured"), True
+    return None, None, seen
 
 
 def build_cxr697k(manifests: Iterable[str | Path], out_path: str | Path, *,
@@ -222,12 +229,12 @@ def build_cxr697k(manifests: Iterable[str | Path], out_path: str | Path, *,
                 st.label_types.update(k for k, v in items.items())
                 text, source = synthesize_report(items, rec.id, seed).text, "label_template"
             elif rec.dataset == "padchest":
-                text, source = _llm_findings(llm, rec)
-                if text is None and llm.get(report_key(rec)) is None:
+                text, source, seen = _llm_findings(llm, rec, ("translate",))
+                if not seen:
                     st.excluded["not translated yet"] += 1
                     continue
             else:
-                text, source = _llm_findings(llm, rec)
+                text, source, _seen = _llm_findings(llm, rec, ("structure", "findings"))
                 if not text:
                     text, source = rec.findings, "rule_based"
             if not text:
@@ -314,7 +321,7 @@ def build_mimic(manifest: str | Path, out_dir: str | Path, *, llm_outputs: Itera
                     handles[rec.split].write(json.dumps(out.to_dict(), ensure_ascii=False) + "\n")
                     s["rule"] += 1
                     wrote = True
-                row = llm.get(report_key(rec)) if rec.split != "test" else None
+                row = llm.get(f"structure|{report_key(rec)}") if rec.split != "test" else None
                 sections = row.get("sections") if row else None
                 if isinstance(sections, dict) and sections.get("findings"):
                     out = ManifestRecord.from_dict({**rec.to_dict(), "id": f"{rec.id}/llm_structured",
