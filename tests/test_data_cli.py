@@ -63,3 +63,15 @@ def test_findings_verb_with_config_file(tmp_path: Path) -> None:
     bad.write_text("backend: carrier-pigeon\n")
     assert main(["data", "findings", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "g.jsonl"),
                  "--config", str(bad)]) == 1
+
+
+def test_import_check_images_lists_missing_files(tmp_path: Path) -> None:
+    from test_data_importers import make_objectcxr
+
+    root = make_objectcxr(tmp_path)
+    (root / "train" / "00001.jpg").write_bytes(b"\xff\xd8")
+    out = tmp_path / "o.jsonl"
+    assert main(["data", "import", "object-cxr", str(root), "--out", str(out), "--check-images"]) == 1
+    assert [r["id"] for _l, r in read_jsonl(out)] == ["object-cxr/train/00001.jpg"]
+    problems = [p for _l, p in read_jsonl(tmp_path / "o.problems.jsonl")]
+    assert {p["id"] for p in problems} == {"object-cxr/train/00002.jpg", "object-cxr/dev/08001.jpg"}

@@ -133,11 +133,14 @@ def templates_cmd(labels_json: str, key: str, seed: int) -> None:
 @click.option("--read-dicom-headers", is_flag=True, help="candid-ptx: read patient ids and views from the DICOMs.")
 @click.option("--min-votes", type=click.IntRange(min=1), default=1, show_default=True,
               help="vindr-cxr: radiologists needed for a positive label.")
+@click.option("--check-images", is_flag=True,
+              help="Check that every image file exists; records without one are left out and listed as problems.")
 @click.option("--max-problems", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit non-zero when more rows than this could not be read (they are listed in OUT.problems.jsonl).")
 @click.pass_context
 def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports: Path | None, images: Path | None,
-               metadata: Path | None, read_dicom_headers: bool, min_votes: int, max_problems: int) -> None:
+               metadata: Path | None, read_dicom_headers: bool, min_votes: int, check_images: bool,
+               max_problems: int) -> None:
     """Import a public dataset from its official release layout into a manifest.
 
     \b
@@ -181,6 +184,11 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
                         problems.write(item.to_dict())
                         continue
                     bar.advance(task)
+                    if check_images and not _image_exists(item.image):
+                        n_problems += 1
+                        problems.write({"where": item.image, "id": item.id,
+                                        "error": f"{item.image}: image file not found; record left out"})
+                        continue
                     yield item
 
             n = write_manifest(records(), out)
@@ -190,6 +198,21 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
                + (f" listed in {problems_path}" if n_problems else ""))
     if n_problems > max_problems:
         ctx.exit(1)
+
+
+def _image_exists(image: str) -> bool:
+    """A file path, or ``archive.zip::member`` for images read from a release's zip."""
+    if "::" in image:
+        import zipfile
+
+        archive, member = image.split("::", 1)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.getinfo(member)
+            return True
+        except (OSError, KeyError, zipfile.BadZipFile):
+            return False
+    return Path(image).is_file()
 
 
 def _llm_options(fn: Callable[..., Any]) -> Callable[..., Any]:
