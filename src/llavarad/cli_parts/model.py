@@ -129,3 +129,64 @@ def register(group: click.Group) -> None:
     """Add the model verbs to the top-level group."""
     group.add_command(init_cmd)
     group.add_command(generate_cmd)
+    _add_convert(group)
+
+
+def _add_convert(group: click.Group) -> None:
+    """Register ``convert`` (released LLaVA-Rad weights -> llavarad folder)."""
+
+    @group.command("convert")
+    @click.option("--release", "release_dir", required=True, type=click.Path(path_type=Path),
+                  help="Folder with the microsoft/llava-rad files (biomedclipcxr_518_checkpoint.pt, "
+                       "non_lora_trainables.bin, adapter_config.json, adapter_model.bin, config.json).")
+    @click.option("--base", "base_dir", type=click.Path(path_type=Path), default=None,
+                  help="Local lmsys/vicuna-7b-v1.5 folder (weights + tokenizer). Not needed with --encoder-only.")
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                  help="Folder to write the converted model (or encoder) to.")
+    @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+                  show_default=True, help="Weights dtype; auto keeps the base LM's (float16 for Vicuna), "
+                                          "float32 for --encoder-only.")
+    @click.option("--keep-lora", is_flag=True, help="Save the LM unmerged plus a peft adapter in OUT/lora "
+                                                     "instead of merging W + (alpha/r)·B·A.")
+    @click.option("--encoder-only", is_flag=True, help="Export only the image encoder as a Dinov2 folder "
+                                                        "(for stage 1 or `init --vision`).")
+    @click.option("--preset", default="llava-rad-7b", show_default=True,
+                  help="Architecture preset the release follows (heads, feature layer, prompt format).")
+    def convert_cmd(release_dir: Path, base_dir: Path | None, out_dir: Path, dtype: str, keep_lora: bool,
+                    encoder_only: bool, preset: str) -> None:
+        """Convert the released LLaVA-Rad weights into one llavarad / Hugging Face model folder.
+
+        \b
+        Examples:
+          llavarad convert --release models/llava-rad --base models/vicuna-7b-v1.5 --out models/llava-rad-hf
+          llavarad convert --release models/llava-rad --out models/biomedclip-cxr-518 --encoder-only
+        """
+        import time
+
+        from llavarad.model.convert import ConversionError, convert_encoder, convert_release
+        from llavarad.model.presets import PresetError
+
+        if encoder_only and keep_lora:
+            raise click.UsageError("--keep-lora has no meaning with --encoder-only")
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise click.ClickException(f"{out_dir} exists and is not empty: choose a new --out folder")
+        start = time.perf_counter()
+        try:
+            if encoder_only:
+                report = convert_encoder(release_dir, out_dir, dtype="float32" if dtype == "auto" else dtype,
+                                         preset=preset)
+            else:
+                report = convert_release(release_dir, base_dir, out_dir, dtype=dtype, keep_lora=keep_lora,
+                                         preset=preset)
+        except (ConversionError, PresetError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        seconds = time.perf_counter() - start
+        if encoder_only:
+            click.echo(f"wrote Dinov2 encoder {out_dir} ({report.vision_tensors} tensors, {report.image_size} px, "
+                       f"{report.dtype}; {report.ignored_vision_keys} text-tower/head keys ignored) in {seconds:.1f} s")
+        else:
+            lora = (f"LoRA merged ({report.lora_modules} modules, scale {report.lora_scale:g})" if report.lora == "merged"
+                    else f"LoRA kept in {out_dir / 'lora'} ({report.lora_modules} modules)")
+            click.echo(f"wrote {out_dir}: vision {report.vision_tensors} tensors ({report.image_size} px), projector, "
+                       f"{report.base_tensors} base LM tensors, {lora}, vocab {report.vocab_size} "
+                       f"(<image> = {report.image_token_id}), {report.dtype}, in {seconds:.1f} s")
