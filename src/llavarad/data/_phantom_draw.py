@@ -31,7 +31,7 @@ _CARDIO_SCALE = {"mild": 1.2, "moderate": 1.36, "severe": 1.52}
 _PTX_DEPTH = {"small": 0.05, "moderate": 0.095, "large": 0.15}
 _EFFUSION_LEVEL = {"small": 0.15, "moderate": 0.23, "large": 0.36}
 _CONSOL_RADIUS = {"small": 0.055, "moderate": 0.072, "large": 0.095}
-_EDEMA = {"mild": (0.14, 0.11, 0.13), "moderate": (0.19, 0.135, 0.16), "severe": (0.25, 0.165, 0.19)}
+_EDEMA = {"mild": (0.13, 0.1, 0.13), "moderate": (0.17, 0.12, 0.155), "severe": (0.22, 0.145, 0.18)}
 _ATEL_WIDTH = {"mild": 0.026, "moderate": 0.036, "severe": 0.05}
 _LESION_RADIUS = {"small": 0.022, "moderate": 0.034, "large": 0.058}
 #: Canvas change (about 2 gray levels) above which a pixel counts as changed by a finding.
@@ -281,7 +281,7 @@ def _anatomy(scene: _Scene, cardiomegaly: str | None, tex_rng: np.random.Generat
         canvas -= 0.16 * bubble * below
 
     return {"canvas": canvas, "lung_right": lungs["right"], "lung_left": lungs["left"], "markings": markings,
-            "heart": heart, "dome": dome, "body": body}
+            "heart": heart * (1 - below), "dome": dome, "body": body}
 
 
 # --- findings -------------------------------------------------------------------------------------
@@ -311,9 +311,13 @@ def _pneumothorax(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec) -> np
     top, lat = (depth * 1.6, depth * 0.35) if f.location == "apical" else (depth * 0.5, depth)
     lu = scene.lung(side)
     shrunk = lu.field(scene.x, scene.y, shrink_top=top, shrink_lat=lat) * (lu.a - lat)
-    region = lung_layer * np.clip(0.5 + shrunk / (1.5 * scene.px), 0, 1)
+    window = lung_layer
+    if f.location == "apical":
+        # Apical: air over the apex and the upper lateral rim only, fading out above mid-lung.
+        window = lung_layer * np.clip((lu.cy + 0.02 - scene.y1) / 0.08, 0, 1)
+    region = window * np.clip(0.5 + shrunk / (1.5 * scene.px), 0, 1)
     # The visceral pleural line: a thin bright curve at the collapsed lung's edge.
-    line = np.clip(1.0 - np.abs(shrunk) / max(1.2 * scene.px, 0.004), 0, 1) * lung_layer
+    line = np.clip(1.0 - np.abs(shrunk) / max(1.2 * scene.px, 0.004), 0, 1) * window
     L["markings"] *= 1.0 - region
     L["canvas"] += -0.08 * region + 0.2 * line
     return np.maximum(region, line)
@@ -374,7 +378,8 @@ def _edema(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec) -> np.ndarra
     for side, (hx, hy) in scene.hilum.items():
         hx += 0.03 * scene.lung(side).sign  # centred just lateral of the hilum, over the lung
         haze = np.maximum(haze, np.exp(-np.square((scene.x1 - hx) / sx) / 2) * np.exp(-np.square((scene.y1 - hy) / sy) / 2))
-    haze = np.clip((haze - 0.2) / 0.8, 0, 1) * lungs  # compact: no faint tail over the whole lung
+    # Compact butterfly: no faint tail over the whole lung, so the mask stays perihilar.
+    haze = np.sqrt(np.clip((haze - 0.4) / 0.6, 0, 1)) * lungs
     L["canvas"] += amp * haze
     L["markings"] *= 1.0 + 0.3 * haze  # indistinct, prominent vessels
     return haze
