@@ -246,11 +246,13 @@ def test_unknown_trunk_key_is_reported(parts, tmp_path):
     ck["state_dict"]["module.visual.trunk.reg_token"] = torch.zeros(1, 4, VISION_HIDDEN)
     torch.save(ck, rel / "biomedclipcxr_518_checkpoint.pt")
     with pytest.raises(ConversionError, match="trunk keys have no Dinov2 counterpart: reg_token"):
-        convert_encoder(rel, tmp_path / "enc")
+        convert_encoder(rel, tmp_path / "enc", preset="tiny")
     del ck["state_dict"]["module.visual.trunk.blocks.1.ls2.gamma"]
     torch.save(ck, rel / "biomedclipcxr_518_checkpoint.pt")
     with pytest.raises(ConversionError, match="blocks.1.ls2.gamma' is missing"):
-        convert_encoder(rel, tmp_path / "enc")
+        convert_encoder(rel, tmp_path / "enc", preset="tiny")
+    with pytest.raises(ConversionError, match="32 wide but the preset's encoder is 768; pass --preset"):
+        convert_encoder(release, tmp_path / "enc")  # default preset llava-rad-7b: heads would be guessed
     torch.save({"state_dict": {"module.text.proj.weight": torch.zeros(2, 2)}}, rel / "biomedclipcxr_518_checkpoint.pt")
     with pytest.raises(ConversionError, match="no keys under module.visual.trunk"):
         convert_encoder(rel, tmp_path / "enc")

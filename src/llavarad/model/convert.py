@@ -130,9 +130,13 @@ def _vision(path: Path, num_heads: int | None, preset_vision: dict[str, Any] | N
     checkpoint = load_torch_file(path)
     trunk, ignored = split_trunk(checkpoint, str(path))
     if num_heads is None and preset_vision and "cls_token" in trunk:
-        # head count is not in the weights: take the preset's when the widths agree (ViT-B: 12)
-        if int(trunk["cls_token"].shape[-1]) == int(preset_vision.get("hidden_size", -1)):
-            num_heads = int(preset_vision["num_attention_heads"])
+        # the head count is not in the weights: it comes from the preset, whose width must agree
+        width, preset_width = int(trunk["cls_token"].shape[-1]), int(preset_vision.get("hidden_size", -1))
+        if width != preset_width:
+            raise ConversionError(f"{path}: the vision trunk is {width} wide but the preset's encoder is "
+                                  f"{preset_width}; pass --preset with a matching vision tower (attention heads "
+                                  "cannot be read from the weights)")
+        num_heads = int(preset_vision["num_attention_heads"])
     logger.info("%s: %d trunk tensors, %d other keys ignored (text tower, CLIP head, ...)", path.name, len(trunk),
                 len(ignored))
     state, cfg = timm_trunk_to_dinov2(trunk, num_attention_heads=num_heads, source=str(path))
