@@ -72,6 +72,11 @@ class HttpBackend:
         self.cfg = cfg
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         headers = {"Content-Type": "application/json"}
+        if cfg.backend == "openai_compatible" and not cfg.base_url:
+            raise PermanentError(
+                "backend='openai_compatible' needs base_url, e.g. http://127.0.0.1:8000/v1 (vLLM), "
+                "http://127.0.0.1:11434/v1 (Ollama) or http://127.0.0.1:8080/v1 (llama.cpp server)"
+            )
         if cfg.backend == "openai" and not key:
             raise PermanentError(
                 f"backend='openai' needs an API key in the environment variable {cfg.api_key_env!r} (set it, or set api_key_env)"

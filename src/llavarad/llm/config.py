@@ -93,8 +93,6 @@ class LLMConfig:
                 problems.append("backend='azure' needs base_url (the resource endpoint, e.g. https://NAME.openai.azure.com)")
             if not self.deployment:
                 problems.append("backend='azure' needs deployment (the deployment name of the model)")
-        if self.backend == "openai_compatible" and not self.base_url:
-            problems.append("backend='openai_compatible' needs base_url, e.g. http://127.0.0.1:8000/v1 (vLLM) or http://127.0.0.1:11434/v1 (Ollama)")
         if self.backend == "transformers" and not self.model_path:
             problems.append("backend='transformers' needs model_path (a local model folder or a folder holding gguf_file)")
         if problems:

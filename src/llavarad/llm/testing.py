@@ -145,7 +145,10 @@ class ScriptedServer:
             if self.script:
                 return self.script.pop(0)
         if self.responder is not None:
-            return self.responder(body, index)
+            try:
+                return self.responder(body, index)
+            except Exception as exc:  # noqa: BLE001 - a broken test responder should be visible, not a hang-up
+                return Status(500, json.dumps({"error": {"message": f"ScriptedServer responder raised {exc!r}"}}))
         return Status(500, '{"error": {"message": "ScriptedServer: script exhausted"}}')
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:

@@ -1,0 +1,111 @@
+"""Entry function of the CheXprompt stage: predictions JSONL in, judged rows and aggregates out."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from llavarad.chexprompt.aggregate import summarize, write_report_table, write_summary
+from llavarad.chexprompt.judge import RESULTS_FILE, ChexpromptConfig, judge_pairs, pending_pairs, read_predictions, read_results
+from llavarad.config import config_to_dict
+from llavarad.io.manifest import JsonlWriter
+from llavarad.llm import LLMClient
+from llavarad.prompts.chexprompt import PROMPT_VERSION
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["package_versions", "run_chexprompt"]
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of ``llavarad``, Python and the named packages (absent ones are skipped)."""
+    out = {"python": platform.python_version()}
+    for name in ("llavarad", *names):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def run_chexprompt(
+    predictions: str | Path,
+    out_dir: str | Path,
+    cfg: ChexpromptConfig,
+    client: LLMClient | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Judge every usable pair of ``predictions`` and write, under ``out_dir``:
+
+    - ``chexprompt_results.jsonl``: one row per report (12 counts, totals, raw replies, error),
+      appended as each is judged; a rerun resumes (see :mod:`llavarad.chexprompt.judge`);
+    - ``chexprompt_reports.csv``: the final per-report table;
+    - ``chexprompt.json`` / ``.csv`` / ``.md`` / ``.png``: aggregates with bootstrap CIs.
+
+    ``on_start(n_total, n_to_judge)`` is called once the work is known; ``on_row`` after each row.
+    Returns the result dict written to ``chexprompt.json``; ``result["n_failed"] > 0`` means some
+    reports (listed in ``result["failed"]``) could not be judged.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / RESULTS_FILE
+    pairs, failed_inputs = read_predictions(predictions)
+    todo = pending_pairs(pairs, cfg, results_path)
+    if on_start is not None:
+        on_start(len(pairs) + len(failed_inputs), len(todo))
+    stats: dict[str, Any] = {}
+    if todo:
+        own = client is None
+        client = client or LLMClient(cfg.llm)
+        try:
+            judge_pairs(todo, cfg, results_path, client=client, on_row=on_row)
+        finally:
+            stats = client.stats.as_dict()
+            if own:
+                client.close()
+    # failed inputs are result rows too, so the results file accounts for every input line
+    previous = read_results(results_path)
+    with JsonlWriter(results_path, key="id", resume=True) as writer:
+        for f in failed_inputs:
+            old = previous.get(f["id"])
+            if old is None or old.get("ok") or old.get("error") != f["error"]:
+                writer.write({"id": f["id"], "ok": False, "error": f["error"], "counts": None, "raw_replies": [], "judge": None})
+    final = read_results(results_path)
+    order = [p.id for p in pairs] + [f["id"] for f in failed_inputs]
+    rows = [final[i] for i in order]
+    write_report_table(out / "chexprompt_reports.csv", rows)
+    ok_rows = [r for r in rows if r.get("ok")]
+    failed = [{"id": r["id"], "error": r.get("error") or "unknown"} for r in rows if not r.get("ok")]
+    llm_settings = config_to_dict(cfg.llm)
+    result: dict[str, Any] = {
+        "n": len(ok_rows),
+        "n_inputs": len(rows),
+        "n_failed": len(failed),
+        "metrics": summarize(ok_rows, cfg.bootstrap, cfg.seed, cfg.confidence),
+        "settings": {
+            "predictions": str(predictions),
+            "judge": cfg.judge_signature(),
+            "prompt_version": PROMPT_VERSION,
+            "n_samples": cfg.n_samples,
+            "bootstrap": cfg.bootstrap,
+            "seed": cfg.seed,
+            "confidence": cfg.confidence,
+            "llm": llm_settings,
+        },
+        "versions": package_versions("httpx", "numpy", "transformers" if cfg.llm.backend == "transformers" else "httpx"),
+        "usage": {
+            "this_run": stats,
+            "total_tokens_recorded": {k: sum(int((r.get("usage") or {}).get(k, 0)) for r in rows)
+                                      for k in ("prompt_tokens", "completion_tokens")},
+        },
+        "failed": failed,
+    }
+    write_summary(out, result)
+    if failed:
+        logger.warning("%d of %d reports could not be judged; see %s", len(failed), len(rows), out / "chexprompt.json")
+    return result
