@@ -437,6 +437,20 @@ def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     return full, sum(sizes_l[:rank])
 
 
+def _local_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, all_img: torch.Tensor, all_txt: torch.Tensor,
+                offset: int, world: int, scale: torch.Tensor):
+    """This process's share of the global loss: its ``b`` rows against all ``N`` gathered columns,
+    weighted ``world / (2N)`` so that the mean over processes is the global-batch loss."""
+    n_global = all_img.shape[0]
+    b = image_emb.shape[0]
+    labels = torch.arange(offset, offset + b, device=image_emb.device)
+    logits_i2t = scale * image_emb.float() @ all_txt.float().t()  # (b, N): my images vs every report
+    logits_t2i = scale * text_emb.float() @ all_img.float().t()  # (b, N): my reports vs every image
+    ce = torch.nn.functional.cross_entropy
+    total = ce(logits_i2t, labels, reduction="sum") + ce(logits_t2i, labels, reduction="sum")
+    return total * (world / (2.0 * n_global)), logits_i2t, logits_t2i, labels
+
+
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
                      gather: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric InfoNCE over the global batch.
@@ -463,14 +477,9 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: tor
         all_txt, _ = gather_with_grad(text_emb)
     else:
         all_img, all_txt, offset = image_emb, text_emb, 0
+    loss, logits_i2t, logits_t2i, labels = _local_loss(image_emb, text_emb, all_img, all_txt, offset, world, scale)
     n_global = all_img.shape[0]
     b = image_emb.shape[0]
-    labels = torch.arange(offset, offset + b, device=image_emb.device)
-    logits_i2t = scale * image_emb.float() @ all_txt.float().t()  # (b, N): my images vs every report
-    logits_t2i = scale * text_emb.float() @ all_img.float().t()  # (b, N): my reports vs every image
-    ce = torch.nn.functional.cross_entropy
-    total = ce(logits_i2t, labels, reduction="sum") + ce(logits_t2i, labels, reduction="sum")
-    loss = total * (world / (2.0 * n_global))
     with torch.no_grad():
         acc_i2t = (logits_i2t.argmax(-1) == labels).float().mean().item() if b else float("nan")
         acc_t2i = (logits_t2i.argmax(-1) == labels).float().mean().item() if b else float("nan")
