@@ -10,17 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _convert_fixtures import (
+from llavarad.model._convert_testing import (
+    GRID,
     LORA_ALPHA,
     LORA_R,
     LORA_TARGETS,
+    PATCH,
     TEXT_LAYERS,
     VISION_HEADS,
     VISION_HIDDEN,
-    make_release,
-    make_vicuna,
     timm_trunk,
 )
+from llavarad.model._convert_testing import make_fake_release as make_release
+from llavarad.model._convert_testing import make_fake_vicuna as make_vicuna
 from llavarad.model.convert import ConversionError, check_release, convert_encoder, convert_release
 
 
@@ -342,8 +344,6 @@ def test_cli_convert(parts, tmp_path, capsys):
 def test_parity_with_real_timm_when_available(tmp_path):
     timm = pytest.importorskip("timm", reason="timm is not installed (optional parity check; never required)")
     from transformers import Dinov2Model
-
-    from _convert_fixtures import GRID, PATCH
 
     vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=GRID * PATCH, embed_dim=VISION_HIDDEN,
                             depth=2, num_heads=VISION_HEADS, mlp_ratio=2.0, init_values=0.7, num_classes=0).eval()

@@ -1,5 +1,10 @@
-"""A tiny fake ``microsoft/llava-rad`` release and a tiny fake Vicuna folder, with the real file names and
-key layouts (timm ViT trunk under ``module.visual.trunk``, projector ``mm_projector.{0,2}``, peft LoRA)."""
+"""A fake ``microsoft/llava-rad`` release and a fake Vicuna folder for tests and benchmarks of the converter.
+
+Random weights with exactly the released file names and key layouts: timm ViT trunk under
+``module.visual.trunk`` (fused qkv, LayerScale ``gamma``, ``pos_embed`` with 1 + grid^2 positions) next
+to text-tower keys, projector ``mm_projector.{0,2}``, an unmerged peft LoRA on q/k/v/o/gate/up/down.
+The vision tower matches the ``tiny`` preset (56 px, width 32, 2 heads, 2 blocks).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import json
 from pathlib import Path
 
 import torch
+
+__all__ = ["make_fake_release", "make_fake_vicuna", "timm_trunk"]
 
 VISION_HIDDEN, VISION_LAYERS, VISION_HEADS, PATCH, GRID, MLP = 32, 2, 2, 14, 4, 64
 TEXT_HIDDEN, TEXT_LAYERS, TEXT_HEADS, TEXT_FF = 64, 2, 4, 128
@@ -45,27 +52,33 @@ def timm_trunk(seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
-def make_vicuna(folder: Path, seed: int = 1) -> Path:
-    """A tiny LlamaForCausalLM with the project's tiny tokenizer, saved like a HF hub folder (fp32)."""
+def make_fake_vicuna(folder: Path, seed: int = 1, *, hidden: int = TEXT_HIDDEN, layers: int = TEXT_LAYERS,
+                     heads: int = TEXT_HEADS, intermediate: int = TEXT_FF, vocab_size: int | None = None,
+                     dtype: torch.dtype = torch.float32, max_shard_size: str = "5GB") -> Path:
+    """A LlamaForCausalLM (tiny by default) with the project's tiny tokenizer, saved like a hub folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llavarad.model.tokenizer import build_tokenizer
 
     tok = build_tokenizer(vocab_size=300)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=TEXT_HIDDEN, intermediate_size=TEXT_FF,
-                      num_hidden_layers=TEXT_LAYERS, num_attention_heads=TEXT_HEADS, num_key_value_heads=TEXT_HEADS,
+    cfg = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                       tie_word_embeddings=False)
     torch.manual_seed(seed)
-    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    LlamaForCausalLM(cfg).to(dtype).save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
     tok.save_pretrained(folder)
     return folder
 
 
-def make_release(folder: Path, base: Path, seed: int = 2, *, adapter_format: str = "bin") -> Path:
-    """The release files with exactly the released names and key layouts."""
-    from safetensors.torch import load_file, save_file
+def make_fake_release(folder: Path, base: Path, seed: int = 2, *, adapter_format: str = "bin") -> Path:
+    """The release files for the LM in ``base`` (its width sizes the projector and the LoRA)."""
+    from transformers import AutoConfig
 
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    text_hidden = int(AutoConfig.from_pretrained(base).hidden_size)
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     state = {f"module.visual.trunk.{k}": v for k, v in timm_trunk(seed).items()}
@@ -76,22 +89,25 @@ def make_release(folder: Path, base: Path, seed: int = 2, *, adapter_format: str
     torch.save({"epoch": 3, "name": "biomedclipcxr_518", "state_dict": state}, folder / "biomedclipcxr_518_checkpoint.pt")
 
     proj = {
-        "base_model.model.model.mm_projector.0.weight": torch.randn(TEXT_HIDDEN, VISION_HIDDEN, generator=g) * 0.1,
-        "base_model.model.model.mm_projector.0.bias": torch.randn(TEXT_HIDDEN, generator=g) * 0.1,
-        "base_model.model.model.mm_projector.2.weight": torch.randn(TEXT_HIDDEN, TEXT_HIDDEN, generator=g) * 0.1,
-        "base_model.model.model.mm_projector.2.bias": torch.randn(TEXT_HIDDEN, generator=g) * 0.1,
+        "base_model.model.model.mm_projector.0.weight": torch.randn(text_hidden, VISION_HIDDEN, generator=g) * 0.1,
+        "base_model.model.model.mm_projector.0.bias": torch.randn(text_hidden, generator=g) * 0.1,
+        "base_model.model.model.mm_projector.2.weight": torch.randn(text_hidden, text_hidden, generator=g) * 0.1,
+        "base_model.model.model.mm_projector.2.bias": torch.randn(text_hidden, generator=g) * 0.1,
     }
     torch.save(proj, folder / "non_lora_trainables.bin")
 
-    weights = load_file(str(next(base.glob("*.safetensors"))))
+    shapes = {}
+    for shard in sorted(base.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as fh:
+            shapes.update({k: fh.get_slice(k).get_shape() for k in fh.keys()})  # noqa: SIM118
     lora = {}
-    for i in range(TEXT_LAYERS):
-        for name in LORA_TARGETS:
-            sub = "self_attn" if name in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-            w = weights[f"model.layers.{i}.{sub}.{name}.weight"]
-            key = f"base_model.model.model.layers.{i}.{sub}.{name}"
-            lora[f"{key}.lora_A.weight"] = torch.randn(LORA_R, w.shape[1], generator=g) * 0.1
-            lora[f"{key}.lora_B.weight"] = torch.randn(w.shape[0], LORA_R, generator=g) * 0.1
+    for name, shape in sorted(shapes.items()):
+        parts = name.split(".")
+        if len(parts) < 5 or parts[-2] not in LORA_TARGETS or parts[-1] != "weight":
+            continue
+        key = "base_model.model." + name.removesuffix(".weight")
+        lora[f"{key}.lora_A.weight"] = torch.randn(LORA_R, shape[1], generator=g) * 0.1
+        lora[f"{key}.lora_B.weight"] = torch.randn(shape[0], LORA_R, generator=g) * 0.1
     if adapter_format == "bin":
         torch.save(lora, folder / "adapter_model.bin")
     else:
@@ -101,8 +117,8 @@ def make_release(folder: Path, base: Path, seed: int = 2, *, adapter_format: str
         "target_modules": list(LORA_TARGETS), "task_type": "CAUSAL_LM", "fan_in_fan_out": False,
         "base_model_name_or_path": "lmsys/vicuna-7b-v1.5", "modules_to_save": None}))
     (folder / "config.json").write_text(json.dumps({
-        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "hidden_size": TEXT_HIDDEN,
+        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "hidden_size": text_hidden,
         "mm_hidden_size": VISION_HIDDEN, "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,
         "mm_vision_select_feature": "patch", "mm_vision_tower": "biomedclip_cxr_518", "image_aspect_ratio": "pad",
-        "mm_use_im_start_end": False, "vocab_size": 300}))
+        "mm_use_im_start_end": False}))
     return folder
