@@ -352,3 +352,27 @@ def test_workers_give_identical_output(tmp_path):
         assert one == two
     with pytest.raises(ValueError, match="workers=0"):
         generate_phantoms(config, tmp_path / "three", workers=0)
+
+
+def test_fixed_phrasing_changes_only_the_wording():
+    varied = PhantomConfig(n=60, size=48)
+    fixed = PhantomConfig(n=60, size=48, phrasing="fixed")
+    texts = set()
+    for i in range(60):
+        spec_v, _, row_v, rng_v = build_record(varied, i)
+        spec_f, _, row_f, rng_f = build_record(fixed, i)
+        assert row_v["labels"] == row_f["labels"] and spec_v == spec_f
+        assert np.array_equal(draw_phantom(rng_v, spec_v, 48)[0], draw_phantom(rng_f, spec_f, 48)[0])
+        assert _label_from_text(row_f["findings"]) == {k: v for k, v in row_f["labels"].items()
+                                                       if v is not None and k != "No Finding"}
+        texts.add(row_f["findings"])
+        if not spec_f.findings:
+            # negatives always in one canonical order, with one phrasing each
+            canonical = ["No pneumothorax.", "No pleural effusion.", "Heart size is normal.", "No focal consolidation.",
+                         "No pulmonary edema.", "Lungs are clear."]
+            sentences = re.split(r"(?<=\.) ", row_f["findings"])
+            assert all(s in canonical for s in sentences), sentences
+            assert sentences == sorted(sentences, key=canonical.index)
+    assert len(texts) < 60
+    with pytest.raises(ConfigError, match="phrasing"):
+        config_from_dict(PhantomConfig, {"phrasing": "terse"})

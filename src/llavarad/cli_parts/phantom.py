@@ -30,6 +30,8 @@ def _fractions(text: str) -> list[float]:
               help="Fraction of images with a category, e.g. --prevalence pneumothorax=0.3 (repeatable). "
                    "Categories: cardiomegaly, pleural_effusion, pneumothorax, consolidation, edema, atelectasis, "
                    "lung_lesion, support_devices.")
+@click.option("--phrasing", type=click.Choice(["varied", "fixed"]), default=None,
+              help="Report wording: varied (default; two phrasings per finding, shuffled negatives) or fixed.")
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ (the manifest then has mask: null).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A phantom_config.json / YAML of PhantomConfig fields; options above override it.")
@@ -38,7 +40,7 @@ def _fractions(text: str) -> list[float]:
 @click.pass_context
 def phantom_cmd(ctx: click.Context, out_dir: Path, n: int | None, size: int | None, seed: int | None,
                 split_fractions: str | None, normal_fraction: float | None, prevalence: tuple[str, ...],
-                no_masks: bool, config_path: Path | None, workers: int, as_json: bool) -> None:
+                phrasing: str | None, no_masks: bool, config_path: Path | None, workers: int, as_json: bool) -> None:
     """Draw synthetic chest radiographs with known findings, reports, labels and region masks.
 
     Findings (cardiomegaly, pleural effusion, pneumothorax, consolidation, edema, atelectasis, lung
@@ -57,7 +59,8 @@ def phantom_cmd(ctx: click.Context, out_dir: Path, n: int | None, size: int | No
     from llavarad.data.phantom import PhantomConfig, generate_phantoms
 
     overrides = []
-    for name, value in (("n", n), ("size", size), ("seed", seed), ("normal_fraction", normal_fraction)):
+    for name, value in (("n", n), ("size", size), ("seed", seed), ("normal_fraction", normal_fraction),
+                        ("phrasing", phrasing)):
         if value is not None:
             overrides.append(f"{name}={value}")
     if split_fractions is not None:

@@ -95,10 +95,12 @@ def _side_word(side: str | None) -> str:
     return "bilateral" if side == "bilateral" else (side or "")
 
 
-def _sentence(f: FindingSpec, rng: np.random.Generator) -> tuple[str, str, list[str]]:
+def _sentence(f: FindingSpec, rng: np.random.Generator, fixed: bool = False) -> tuple[str, str, list[str]]:
     """Return (findings sentence, short impression phrase, words naming the finding)."""
     sev, side, loc = f.severity or "", f.side or "", f.location or ""
-    k = int(rng.integers(0, 2))
+    k = int(rng.integers(0, 2))  # drawn even when fixed, so the random stream does not depend on it
+    if fixed:
+        k = 0
     if f.finding == "cardiomegaly":
         if k == 0:
             return f"The heart is {_ADVERB[sev]} enlarged.", f"{_cap(sev)} cardiomegaly.", ["heart", _ADVERB[sev], "enlarged"]
@@ -167,8 +169,12 @@ def _sentence(f: FindingSpec, rng: np.random.Generator) -> tuple[str, str, list[
 
 
 def write_report(rng: np.random.Generator, spec: PhantomSpec, *, negative_prob: float,
-                 informative_indication_prob: float) -> Report:
-    """Write the report of ``spec``; the same ``rng`` state always gives the same text."""
+                 informative_indication_prob: float, fixed_phrasing: bool = False) -> Report:
+    """Write the report of ``spec``; the same ``rng`` state always gives the same text.
+
+    ``fixed_phrasing`` picks the first phrasing of every sentence and a fixed order of negatives
+    (simpler text for tiny models); it consumes the same random draws, so images do not change.
+    """
     devices = [f for f in spec.findings if FINDING_OBSERVATION[f.finding] == "Support Devices"]
     patho = [f for f in spec.findings if f not in devices]
     mentions: dict[str, tuple[str, list[str]]] = {}
@@ -176,7 +182,7 @@ def write_report(rng: np.random.Generator, spec: PhantomSpec, *, negative_prob: 
     sentences: list[str] = []
     # Devices first, then pathology in a fixed anatomical order (heart, pleura, parenchyma).
     for f in devices + patho:
-        sentence, short, words = _sentence(f, rng)
+        sentence, short, words = _sentence(f, rng, fixed_phrasing)
         sentences.append(sentence)
         mentions[f.finding] = (sentence, words)
         if short:
@@ -186,18 +192,22 @@ def write_report(rng: np.random.Generator, spec: PhantomSpec, *, negative_prob: 
     labels: dict[str, float | None] = {obs: None for obs in CHEXPERT_OBSERVATIONS}
     for name, options in _NEGATIVES.items():
         if name not in present and rng.random() < negative_prob:
-            negatives.append(options[int(rng.integers(0, len(options)))])
+            choice = int(rng.integers(0, len(options)))
+            negatives.append(options[0 if fixed_phrasing else choice])
             labels[FINDING_OBSERVATION[name]] = 0.0
     lung_findings = {"consolidation", "edema", "atelectasis", "lung_lesion", "pneumothorax", "pleural_effusion"}
     if not present & lung_findings and rng.random() < 0.7:
         negatives.append("Lungs are clear.")
     order = rng.permutation(len(negatives))
+    if fixed_phrasing:
+        order = np.arange(len(negatives))
     sentences += [negatives[i] for i in order]
     for f in spec.findings:
         labels[FINDING_OBSERVATION[f.finding]] = 1.0
     if not patho:
         labels["No Finding"] = 1.0
-        impression = _NORMAL_IMPRESSIONS[int(rng.integers(0, 2))]
+        choice = int(rng.integers(0, 2))
+        impression = _NORMAL_IMPRESSIONS[0 if fixed_phrasing else choice]
         if devices:
             impression = "Support devices as described. " + impression
     else:

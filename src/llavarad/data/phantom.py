@@ -106,6 +106,8 @@ class PhantomConfig:
     negative_mention_prob: float = 0.85
     #: chance that the indication hints at one of the present findings (otherwise a generic reason)
     informative_indication_prob: float = 0.5
+    #: "varied": two phrasings per finding and negatives in random order; "fixed": one phrasing, fixed order
+    phrasing: Literal["varied", "fixed"] = "varied"
     #: how much anatomy, exposure and noise vary between images (0 = all identical anatomy)
     variation: float = 1.0
     id_prefix: str = "ph"
@@ -137,6 +139,8 @@ class PhantomConfig:
         for name in ("negative_mention_prob", "informative_indication_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name}: {getattr(self, name)} must be in [0, 1]")
+        if self.phrasing not in ("varied", "fixed"):
+            problems.append(f"phrasing: {self.phrasing!r} is not one of 'varied', 'fixed'")
         if not 0.0 <= self.variation <= 2.0:
             problems.append(f"variation: {self.variation} must be in [0, 2]")
         if not self.id_prefix or not self.id_prefix.replace("_", "").replace("-", "").isalnum():
@@ -341,7 +345,8 @@ def build_record(config: PhantomConfig, index: int, split: str = "train") -> tup
     rng = np.random.default_rng([config.seed, index])
     spec = sample_spec(rng, config)
     report = write_report(rng, spec, negative_prob=config.negative_mention_prob,
-                          informative_indication_prob=config.informative_indication_prob)
+                          informative_indication_prob=config.informative_indication_prob,
+                          fixed_phrasing=config.phrasing == "fixed")
     rid = record_id(config, index)
     mask_paths = {name: f"masks/{rid}__{name}.png" if config.write_masks else None for name in spec.names()}
     row = ManifestRecord(
