@@ -1,0 +1,283 @@
+"""The rule-based CheXpert-style labeler: mentions, negation/uncertainty, aggregation.
+
+Pipeline per report (all regular expressions are compiled once, when the labeler is built):
+
+1. clean the text (:func:`._text.clean_report`) and find sentence starts;
+2. find every mention of each observation, dropping those inside an unmention phrase;
+3. classify each mention as uncertain, negative or positive from the cues of its clause
+   (:mod:`.rules`), in CheXpert's order: uncertainty that outranks negation, then negation,
+   then the remaining uncertainty;
+4. aggregate the mentions into one value per observation (:func:`aggregate`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from llavarad.evaluate.rule_labeler import phrases as _phrases
+from llavarad.evaluate.rule_labeler import rules as _rules
+from llavarad.evaluate.rule_labeler._index import PhraseIndex, word_starts
+from llavarad.evaluate.rule_labeler._text import clean_report, sentence_bounds, sentence_of
+from llavarad.io.manifest import CHEXPERT_OBSERVATIONS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["POSITIVE", "NEGATIVE", "UNCERTAIN", "Mention", "RuleLabeler", "aggregate"]
+
+POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
+
+_NO_FINDING = "No Finding"
+_SUPPORT_DEVICES = "Support Devices"
+_CARDIOMEGALY = "Cardiomegaly"
+
+# "stable heart size", "cardiac silhouette is unchanged", "borderline heart size": a statement
+# about a size word that says nothing about enlargement.
+_SIZED = ("Cardiomegaly", "Enlarged Cardiomediastinum")
+_SIZE_HEDGE_BEFORE = re.compile(r"(?:(?:stable|unchanged|similar|no (?:significant |interval )?change in)"
+                                r"(?: (?:the|in|of|mild|mildly|appearance))*|borderline(?: [a-z]+){0,3}) ?$")
+_ABNORMAL_SIZE = re.compile(r"enlarg|large|prominen|widen|increas|cardiomegal|dilat|big|expanded|cardiothoracic ratio")
+_SIZE_HEDGE_AFTER = re.compile(r"^(?:[a-z,]+ ){0,5}?(?:is |are |remains? |appears? )?(?:stable|unchanged|"
+                               r"not changed|similar|borderline)\b")
+
+
+class Mention(NamedTuple):
+    """One mention: observation, matched text, span in the cleaned report and its status."""
+
+    observation: str
+    text: str
+    start: int
+    end: int
+    status: float
+
+
+def _alternation(fragments: Iterable[str]) -> str:
+    return "|".join(f"(?:{f})" for f in fragments)
+
+
+class _CueHit(NamedTuple):
+    start: int
+    end: int
+    kind: str
+    direction: str
+    short: bool
+
+
+class RuleLabeler:
+    """Offline CheXpert-style labeler (no model weights); thread-safe after construction.
+
+    Example:
+        >>> lab = RuleLabeler()
+        >>> lab.label(["No pleural effusion. Mild cardiomegaly."])[0]["Cardiomegaly"]
+        1.0
+    """
+
+    name = "rules"
+    version = "1.0"
+
+    def __init__(self) -> None:
+        # One index, one pass over the words, for mentions, unmentions and cue classes. Cue
+        # classes (kind, direction, reach) may overlap each other ("are clear" is a backward
+        # negation, "clear of" a forward one); matches within one label never overlap.
+        classes: dict[tuple[str, str, bool], list[str]] = {}
+        for cue in _rules.CUES:
+            classes.setdefault((cue.kind, cue.direction, cue.short), []).append(cue.pattern)
+        table: list[tuple[str, Iterable[str]]] = list(_phrases.MENTIONS.items())
+        self._n_obs = len(table)
+        table += [(f"unmention:{obs}", frags) for obs, frags in _phrases.UNMENTIONS.items()]
+        self._n_phrase_labels = len(table)
+        self._cue_keys = list(classes)
+        self._index = PhraseIndex(
+            table, word_end=False, word_end_labels=[(f"cue:{k}/{d}/{sh}", pats) for (k, d, sh), pats in classes.items()]
+        )
+        self._observations = [obs for obs, _ in table[: self._n_obs]]
+        self._unmention_of = {
+            i: self._observations.index(label.split(":", 1)[1]) for i, (label, _) in enumerate(table) if i >= self._n_obs
+        }
+        self._hedged = {obs: re.compile(rf"(?:{_alternation(f)})") for obs, f in _phrases.HEDGED_MENTIONS.items()}
+        self._size_words = re.compile(rf"(?:{_alternation(_phrases.SIZE_ONLY_MENTIONS)})")
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """What decides this labeler's output (recorded with every evaluation)."""
+        return {
+            "implementation": "llavarad rule-based CheXpert-style labeler",
+            "observations": list(CHEXPERT_OBSERVATIONS),
+            "values": "1.0 positive, 0.0 negative, -1.0 uncertain, None not mentioned",
+            "aggregation": "CheXpert: positive > uncertain > negative except negative+uncertain -> uncertain; "
+            "No Finding only if nothing but Support Devices is positive/uncertain; "
+            "heart failure/CHF positive or uncertain -> Cardiomegaly uncertain",
+            "cue_reach_words": {
+                "forward": _rules.FWD_REACH,
+                "backward": _rules.BWD_REACH,
+                "short_forward": _rules.SHORT_FWD_REACH,
+                "short_backward": _rules.SHORT_BWD_REACH,
+            },
+        }
+
+    # -- public API ---------------------------------------------------------------------------
+    def label(self, texts: list[str]) -> list[dict[str, float | None]]:
+        """Label reports: one ``{observation: 1.0 | 0.0 | -1.0 | None}`` dict per text (14 keys).
+
+        ``None`` (or a non-string) is an error naming its index; an empty string is a report with
+        no mention (No Finding 1.0, as the original labeler gives).
+        """
+        out: list[dict[str, float | None]] = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"report {i}: expected a string, got {type(text).__name__} ({text!r:.40})")
+            out.append(aggregate(self.mentions(text)))
+        return out
+
+    def mentions(self, text: str) -> list[Mention]:
+        """All mentions of one report with their status, in observation order."""
+        clean = clean_report(text)
+        if not clean:
+            return []
+        n_obs, n_phrase = self._n_obs, self._n_phrase_labels
+        hits: list[tuple[int, int, int]] = []
+        blocked: dict[int, list[tuple[int, int]]] = {}
+        cues: list[_CueHit] = []
+        pseudo: list[tuple[int, int]] = []
+        keys = self._cue_keys
+        for start, end, label in self._index.find(clean, word_starts(clean)):
+            if label < n_obs:
+                hits.append((label, start, end))
+            elif label < n_phrase:
+                blocked.setdefault(self._unmention_of[label], []).append((start, end))
+            else:
+                kind, direction, short = keys[label - n_phrase]
+                if kind == "pseudo":
+                    pseudo.append((start, end))
+                else:
+                    cues.append(_CueHit(start, end, kind, direction, short))
+        if not hits:
+            return []
+        if pseudo:  # words of "no change" cannot act as a negation
+            cues = [h for h in cues if h.kind == "break" or not any(ps <= h.start < pe for ps, pe in pseudo)]
+        starts = sentence_bounds(clean)
+        observations = self._observations
+        found: list[Mention] = []
+        hits.sort()
+        for label, s, e in hits:
+            spans = blocked.get(label)
+            if spans and any(s < be and e > bs for bs, be in spans):
+                continue
+            obs = observations[label]
+            status = self._classify(clean, obs, s, e, starts, cues)
+            if status is not None:
+                found.append(Mention(obs, clean[s:e], s, e, status))
+        return found
+
+    # -- negation and uncertainty -------------------------------------------------------------
+    def _classify(self, text: str, obs: str, s: int, e: int, starts: list[int], cues: list[_CueHit]) -> float | None:
+        """Status of the mention ``text[s:e]``, or None when it is no mention after all."""
+        k = sentence_of(starts, s)
+        sent_start = starts[k]
+        sent_end = starts[k + 1] if k + 1 < len(starts) else len(text)
+        kinds: set[str] = set()
+        # cues before the mention, nearest first, stopping at a clause break
+        short_ok = True
+        for cue in reversed(cues):
+            if cue.end > s:
+                continue
+            if cue.start < sent_start:
+                break
+            if cue.kind == "break":
+                if cue.short:  # a short break only shields the mention from short-reach cues
+                    short_ok = False
+                    continue
+                break
+            if cue.direction not in ("fwd", "both"):
+                continue
+            gap = text.count(" ", cue.end, s) - 1  # words strictly between cue and mention
+            if cue.short:
+                if not short_ok or gap > _rules.SHORT_FWD_REACH:
+                    continue
+            elif gap > _rules.FWD_REACH:
+                continue
+            kinds.add(cue.kind)
+        # cues after the mention
+        short_ok = True
+        for cue in cues:
+            if cue.start < e:
+                continue
+            if cue.start >= sent_end:
+                break
+            if cue.kind == "break":
+                if cue.short:
+                    short_ok = False
+                    continue
+                break
+            if cue.direction not in ("bwd", "both"):
+                continue
+            gap_text = text[e:cue.start]
+            gap = gap_text.count(" ") - 1
+            if cue.short:
+                if not short_ok or gap > _rules.SHORT_BWD_REACH:
+                    continue
+                # "cardiomegaly, lungs are normal": a comma list reaches on only through "and"
+                if "," in gap_text and " and " not in gap_text:
+                    continue
+            elif gap > _rules.BWD_REACH:
+                continue
+            kinds.add(cue.kind)
+        if "preneg" in kinds:
+            return UNCERTAIN
+        if "neg" in kinds:
+            return NEGATIVE
+        if "unc" in kinds:
+            return UNCERTAIN
+        hedged = self._hedged.get(obs)
+        if hedged is not None and hedged.match(text, s, e):
+            return UNCERTAIN
+        mention = text[s:e]
+        if obs in _SIZED and self._size_words.search(mention) and not _ABNORMAL_SIZE.search(mention):
+            # an organ named without a verdict ("the heart and lungs have changed") is no finding;
+            # "stable heart size" is uncertain (it may be stably enlarged)
+            before, after = text[max(sent_start, s - 40):s], text[e:sent_end].lstrip()
+            if _ABNORMAL_SIZE.search(before[-25:]) or _ABNORMAL_SIZE.search(after[:40]):
+                return POSITIVE
+            if _SIZE_HEDGE_BEFORE.search(before) or _SIZE_HEDGE_AFTER.match(after):
+                return UNCERTAIN
+            return None
+        return POSITIVE
+
+
+def aggregate(mentions: Iterable[Mention]) -> dict[str, float | None]:
+    """Combine mentions into one value per observation, by the CheXpert labeler's rules.
+
+    - several statuses for one observation: negative + uncertain -> uncertain; otherwise any
+      positive -> positive; otherwise all equal;
+    - a positive or uncertain "heart failure"/"CHF" also adds an uncertain Cardiomegaly;
+    - No Finding is 1.0 when no mention other than Support Devices is positive or uncertain
+      (No Finding phrases, other abnormalities, count as findings here), else blank.
+    """
+    by_obs: dict[str, list[float]] = {}
+    no_finding = True
+    for m in mentions:
+        if m.observation != _SUPPORT_DEVICES and m.status != NEGATIVE:
+            no_finding = False
+        if m.observation == _NO_FINDING:
+            continue
+        if m.status != NEGATIVE and m.text in _phrases.HEART_FAILURE_MENTIONS:
+            by_obs.setdefault(_CARDIOMEGALY, []).append(UNCERTAIN)
+        by_obs.setdefault(m.observation, []).append(m.status)
+    if no_finding:
+        by_obs[_NO_FINDING] = [POSITIVE]
+    out: dict[str, float | None] = {}
+    for obs in CHEXPERT_OBSERVATIONS:
+        values = by_obs.get(obs)
+        if not values:
+            out[obs] = None
+        elif len(values) == 1:
+            out[obs] = values[0]
+        elif NEGATIVE in values and UNCERTAIN in values:
+            out[obs] = UNCERTAIN
+        elif POSITIVE in values:
+            out[obs] = POSITIVE
+        else:
+            out[obs] = values[0]
+    return out

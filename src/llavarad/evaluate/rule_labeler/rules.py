@@ -1,0 +1,115 @@
+"""Negation and uncertainty cues, as data.
+
+A cue is a regular-expression fragment (matched on the cleaned report, word-bounded) with a
+*kind* and a *direction* (``fwd``, ``bwd`` or ``both``):
+
+- ``fwd`` cues govern mentions that follow them in the same clause ("no effusion",
+  "may reflect atelectasis");
+- ``bwd`` cues govern mentions that precede them in the same clause ("effusion has resolved",
+  "heart size is normal").
+
+Kinds are checked in CheXpert's order: ``preneg`` uncertainty first ("cannot exclude
+pneumonia" must not read as a negation), then ``neg``, then ``unc``. ``pseudo`` cues look like
+negations but are not ("no change in the effusion") and are consumed so that their words cannot
+trigger. ``break`` cues end a clause: no cue reaches a mention across one (a *short* break,
+such as "with", only stops short-reach cues: "normal heart size with a small effusion").
+
+Each direction has a reach in words (``*_REACH``): how far a cue can be from the mention. The
+reach of "normal"-type cues is short (an adjective governs its noun phrase, not the sentence).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CUES", "FWD_REACH", "BWD_REACH", "SHORT_FWD_REACH", "SHORT_BWD_REACH", "Cue"]
+
+from typing import NamedTuple
+
+
+class Cue(NamedTuple):
+    """One cue: ``kind`` in preneg/neg/unc/pseudo/break, ``direction`` fwd/bwd/both/-, ``short`` reach."""
+
+    kind: str
+    direction: str
+    pattern: str
+    short: bool = False
+
+
+#: Reach of cues, in words between cue and mention.
+FWD_REACH = 14
+BWD_REACH = 8
+SHORT_FWD_REACH = 4
+SHORT_BWD_REACH = 10
+
+_BE = "(?:is|are|was|were|be|been|has been|have been|had been|remains?|appears?|seems?|now)"
+_ADV = "(?:now |again |otherwise |currently |still |overall |grossly |essentially |likely |stable and |again |also )?"
+
+CUES: tuple[Cue, ...] = (
+    # --- look like negation, are not --------------------------------------------------------
+    Cue("pseudo", "-", "no (?:significant |definite |appreciable |substantial |interval |other |real |"
+        "acute |major )?(?:change|increase|decrease|improvement|worsening|progression|"
+        "difference|enlargement of the effusion)"),
+    Cue("pseudo", "-", "not (?:only|necessarily|significantly changed|changed significantly)"),
+    Cue("pseudo", "-", "(?:without|with no) (?:significant |interval )?change"),
+    Cue("pseudo", "-", "no further"),
+    Cue("pseudo", "-", "(?:gram|rh)[ -]negative"),
+    Cue("pseudo", "-", "(?:non|not) ?-?(?:specific|definite|diagnostic)"),
+    # --- uncertainty that outranks negation ---------------------------------------------------
+    Cue("preneg", "both", "(?:cannot|can not|can't|could not|not) (?:be )?(?:entirely |completely |totally |"
+        "definitely |fully |reliably )?(?:exclude|excluded|rule out|ruled out)"),
+    Cue("preneg", "fwd", "(?:difficult|unable|impossible|hard) to (?:entirely |completely )?(?:exclude|rule out)"),
+    Cue("preneg", "fwd", "no evidence to (?:exclude|rule out)"),
+    Cue("preneg", "fwd", "no new"),
+    Cue("preneg", "bwd", "(?:is|are) not (?:well |clearly |definitely |adequately |optimally )?"
+        "(?:seen|visualized|evaluated|assessed|appreciated)"),
+    Cue("preneg", "fwd", "(?:poorly|incompletely|not well|not clearly|not adequately|not optimally) "
+        "(?:seen|visualized|evaluated|assessed)"),
+    # --- negation -----------------------------------------------------------------------------
+    Cue("neg", "fwd", "no evidence (?:of|for)"),
+    Cue("neg", "fwd", "no (?:radiographic |definite |convincing |acute |focal )?(?:signs?|findings?|"
+        "features?|suggestion) (?:of|for|to suggest)"),
+    Cue("neg", "fwd", "(?:without|with no) (?:radiographic |definite |convincing )?(?:evidence|signs?|"
+        "findings?|features?) (?:of|for|to suggest)"),
+    Cue("neg", "fwd", "negative for"),
+    Cue("neg", "fwd", "(?:absence|resolution|resolving|removal|clearing|disappearance|interval resolution) of"),
+    Cue("neg", "fwd", "resolved"),
+    Cue("neg", "fwd", "rather than"),
+    Cue("neg", "fwd", "(?:history|sequelae?|stigmata) of"),
+    Cue("neg", "fwd", "(?:to |and |or )?(?:exclude|excluding|rule out|ruling out|r/o|evaluate for|"
+        "evaluation for|assess for|assessment for)"),
+    Cue("neg", "fwd", "no longer"),
+    Cue("neg", "fwd", "neither"),
+    Cue("neg", "fwd", "nor"),
+    Cue("neg", "fwd", "no"),
+    Cue("neg", "fwd", "without"),
+    Cue("neg", "fwd", "none"),
+    Cue("neg", "fwd", "not"),
+    Cue("neg", "fwd", "absent"),
+    Cue("neg", "fwd", "(?:normal|unremarkable|normal-sized|normal-appearing|normally sized)", short=True),
+    Cue("neg", "fwd", "(?:within|at|upper|top|high|low)[ -](?:normal limits|limits of normal|normal)", short=True),
+    Cue("neg", "fwd", "(?:normal|unremarkable) (?:size|appearance|configuration|contours?|caliber|shape)"
+        "(?:,? and (?:size|appearance|configuration|contours?|caliber|shape))? of"),
+    Cue("neg", "fwd", "(?:clear|free) of"),
+    Cue("neg", "bwd", f"(?:{_BE} )?(?:not|no longer) (?:seen|identified|present|demonstrated|"
+        "visualized|evident|noted|detected|apparent|visible|appreciated|enlarged|dilated|"
+        "widened|changed|increased|(?:significantly|definitely|markedly|substantially|grossly) enlarged)"),
+    Cue("neg", "bwd", f"(?:{_BE} )?{_ADV}(?:resolved|resolving|cleared|removed|absent|excluded|ruled out)"),
+    Cue("neg", "bwd", f"(?:{_BE} )?{_ADV}(?:normal|unremarkable|within normal limits|upper limits? of normal|"
+        "at the upper limits? of normal|top normal|top-normal|upper normal|high normal|low normal|"
+        "normal in size|normal size|negative|clear|within (?:the )?limits of normal|normal limits)\\b", short=True),
+    Cue("neg", "bwd", "(?:has|have) (?:since )?(?:resolved|cleared)"),
+    # --- uncertainty --------------------------------------------------------------------------
+    Cue("unc", "fwd", "(?:possible|possibly|probable|probably|presumabl[ey]|presumed|questionable|"
+        "question|suspect|suspected|suspicious|suspicion|equivocal|indeterminate|"
+        "concern|concerning|worrisome|differential|consider|considered|"
+        "may|might|could|would|suggestion of|versus|vs\\.?|less likely|unlikely|"
+        "either|correlat\\w*|clinical correlation|maybe|perhaps|obscur\\w*)"),
+    Cue("unc", "both", "(?:or|and/or)", short=True),
+    Cue("unc", "bwd", f"(?:{_BE} )?(?:possible|possibly|probable|questionable|suspected|"
+        "less likely|unlikely|(?:can|could|may|might) (?:also )?(?:be|represent|have)|"
+        "versus|vs\\.?|obscur\\w*)\\b"),
+    # --- clause boundaries --------------------------------------------------------------------
+    Cue("break", "-", "(?:but|however|although|though|whereas|while|yet|except|"
+        "aside from|apart from|other than|with the exception of|which|"
+        "there (?:is|are|has been|have been|was|were))"),
+    Cue("break", "-", "with", short=True),
+)
