@@ -25,6 +25,7 @@ from llavarad.data.phantom import (
     build_record,
     draw_phantom,
     generate_phantoms,
+    load_phantom_config,
     sample_spec,
 )
 from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, read_manifest
@@ -67,9 +68,10 @@ def test_same_seed_same_record_and_pixels():
         assert np.array_equal(img_a, img_b)
         assert masks_a.keys() == masks_b.keys() and all(np.array_equal(masks_a[k], masks_b[k]) for k in masks_a)
     other = PhantomConfig(n=10, size=64, seed=4)
-    assert build_record(other, 0)[2]["findings"] != build_record(config, 0)[2]["findings"] or \
-        not np.array_equal(draw_phantom(build_record(other, 0)[3], build_record(other, 0)[0], 64)[0],
-                           draw_phantom(build_record(config, 0)[3], build_record(config, 0)[0], 64)[0])
+    spec_o, _, row_o, rng_o = build_record(other, 0)
+    spec_c, _, row_c, rng_c = build_record(config, 0)
+    assert row_o["id"] != row_c["id"]
+    assert not np.array_equal(draw_phantom(rng_o, spec_o, 64)[0], draw_phantom(rng_c, spec_c, 64)[0])
 
 
 def test_images_differ_between_records():
@@ -257,6 +259,7 @@ def test_generate_writes_a_valid_dataset(tmp_path):
             assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
     saved = json.loads((tmp_path / "ph" / "phantom_config.json").read_text())
     assert config_from_dict(PhantomConfig, saved) == config
+    assert load_phantom_config(tmp_path / "ph" / "phantom_config.json") == config
     assert summary.finding_counts.keys() == set(FINDINGS)
 
 

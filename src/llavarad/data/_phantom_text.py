@@ -19,7 +19,7 @@ from llavarad.io.manifest import CHEXPERT_OBSERVATIONS
 if TYPE_CHECKING:
     from llavarad.data.phantom import FindingSpec, PhantomSpec
 
-__all__ = ["FINDING_OBSERVATION", "Report", "write_report"]
+__all__ = ["FINDING_OBSERVATION", "Report", "finding_entries", "write_report"]
 
 #: Each phantom finding and the CheXpert observation its sentence is labelled as.
 FINDING_OBSERVATION: dict[str, str] = {

@@ -60,6 +60,7 @@ __all__ = [
     "build_record",
     "draw_phantom",
     "generate_phantoms",
+    "load_phantom_config",
     "record_id",
     "sample_spec",
     "write_report",
