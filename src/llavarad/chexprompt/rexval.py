@@ -36,13 +36,13 @@ import numpy as np
 from llavarad.chexprompt.judge import ChexpromptConfig, JudgePair, judge_pairs, pending_pairs, read_results
 from llavarad.chexprompt.run import package_versions
 from llavarad.config import config_to_dict
-from llavarad.evaluate.bootstrap import bootstrap_ci
+from llavarad.evaluate.bootstrap import percentile_interval, resample_counts
 from llavarad.llm import LLMClient
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PAIRS_FILE", "RATERS_FILE", "RexvalData", "kendall_table", "leave_one_rater_out", "load_rexval",
-           "similarity_scores", "validate_rexval"]
+           "similarity_scores", "tau_b_resampled", "validate_rexval"]
 
 PAIRS_FILE = "50_samples_gt_and_candidates.csv"
 RATERS_FILE = "6_valid_raters_per_rater_error_categories.csv"
@@ -194,11 +194,42 @@ def similarity_scores(refs: list[str], hyps: list[str], radgraph_weights: str | 
     return scores, notes
 
 
+def _finite(value: float) -> float | None:
+    """JSON has no NaN/inf: a statistic undefined on this data (e.g. constant counts) is None."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
 def _tau(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     from scipy.stats import kendalltau
 
     res = kendalltau(x, y, variant="b")
     return float(res.statistic), float(res.pvalue)
+
+
+def tau_b_resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Kendall tau-b of (x, y) on every bootstrap resample at once.
+
+    ``counts`` (n_resamples, n_items) holds how often each item appears in each resample
+    (:func:`llavarad.evaluate.bootstrap.resample_counts`); repeated items are ties, exactly as
+    ``scipy.stats.kendalltau`` sees them on the resampled arrays. Returns shape (n_resamples,);
+    NaN where x or y is constant on a resample. One quadratic form per term instead of a scipy
+    call per resample: 500 resamples of 200 pairs take milliseconds.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    sx, sy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+    tx, ty = (x[:, None] == x[None, :]).astype(np.float64), (y[:, None] == y[None, :]).astype(np.float64)
+    n = counts.sum(axis=1)
+
+    def quad(m: np.ndarray) -> np.ndarray:
+        return np.einsum("bi,ij,bj->b", counts, m, counts)
+
+    s = 0.5 * quad(sx * sy)  # concordant minus discordant unordered pairs
+    n0 = n * (n - 1) / 2.0
+    n1 = 0.5 * (quad(tx) - n)  # unordered pairs tied in x (self-pairs removed)
+    n2 = 0.5 * (quad(ty) - n)
+    denom = np.sqrt((n0 - n1) * (n0 - n2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, s / np.where(denom > 0, denom, 1.0), np.nan)
 
 
 def kendall_table(methods: dict[str, np.ndarray], targets: dict[str, np.ndarray], n_resamples: int = 500, seed: int = 0,
@@ -209,10 +240,12 @@ def kendall_table(methods: dict[str, np.ndarray], targets: dict[str, np.ndarray]
     """
     rows = []
     for target, y in targets.items():
+        counts = resample_counts(len(y), n_resamples, seed)
         for method, x in methods.items():
             tau, p = _tau(x, y)
-            _, low, high = bootstrap_ci(lambda idx, x=x, y=y: _tau(x[idx], y[idx])[0], len(y), n_resamples, seed, confidence)
-            rows.append({"target": target, "method": method, "tau_b": tau, "p_value": p, "ci_low": low, "ci_high": high, "n": int(len(y))})
+            low, high = percentile_interval(tau_b_resampled(x, y, counts), confidence)
+            rows.append({"target": target, "method": method, "tau_b": _finite(tau), "p_value": _finite(p),
+                         "ci_low": _finite(low), "ci_high": _finite(high), "n": int(len(y))})
     return rows
 
 
@@ -233,7 +266,7 @@ def leave_one_rater_out(raters: np.ndarray, judge: np.ndarray, names: list[str])
             res = ttest_rel(d_judge, d_rater)
             t, p = float(res.statistic), float(res.pvalue)
         out.append({"rater": name, "n": int(len(judge)), "mad_left_out_rater": float(d_rater.mean()),
-                    "mad_judge": float(d_judge.mean()), "t_statistic": t, "p_value": p,
+                    "mad_judge": float(d_judge.mean()), "t_statistic": _finite(t), "p_value": _finite(p),
                     "judge_closer": bool(d_judge.mean() < d_rater.mean())})
     return out
 
@@ -314,16 +347,17 @@ def _write(out: Path, result: dict[str, Any]) -> None:
         for name, m in result["metrics"].items():
             w.writerow([name] + ["" if m[k] is None else f"{m[k]:.6g}" for k in ("value", "ci_low", "ci_high")])
     f = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    g = lambda v: "n/a" if v is None else f"{v:.2g}"  # noqa: E731
     lines = [f"# ReXVal: judge vs radiologists ({result['n']} of {result['n_pairs']} pairs judged)", "",
              "## Kendall's tau-b with the radiologists' mean error count", "",
              "(similarity metrics negated: higher = better agreement for every row)", "",
              "| errors | method | tau-b | CI low | CI high | p |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['target']} | {r['method']} | {f(r['tau_b'])} | {f(r['ci_low'])} | {f(r['ci_high'])} | {r['p_value']:.2g} |"
+    lines += [f"| {r['target']} | {r['method']} | {f(r['tau_b'])} | {f(r['ci_low'])} | {f(r['ci_high'])} | {g(r['p_value'])} |"
               for r in result["kendall"]]
     for target, rows in result["leave_one_rater_out"].items():
         lines += ["", f"## Leave-one-rater-out, {target.replace('_', ' ')}", "",
                   "| left-out rater | MAD rater | MAD judge | t (judge - rater) | p | judge closer |", "|---|---:|---:|---:|---:|---|"]
-        lines += [f"| {r['rater']} | {f(r['mad_left_out_rater'])} | {f(r['mad_judge'])} | {f(r['t_statistic'])} | {r['p_value']:.2g} | "
+        lines += [f"| {r['rater']} | {f(r['mad_left_out_rater'])} | {f(r['mad_judge'])} | {f(r['t_statistic'])} | {g(r['p_value'])} | "
                   f"{'yes' if r['judge_closer'] else 'no'} |" for r in rows]
     notes = result["settings"]["metric_notes"]
     if notes:
@@ -341,7 +375,7 @@ def _write(out: Path, result: dict[str, Any]) -> None:
     methods = list(dict.fromkeys(r["method"] for r in result["kendall"]))
     x = np.arange(len(methods))
     for k, target in enumerate(("total_errors", "significant_errors")):
-        vals = [next(r["tau_b"] for r in result["kendall"] if r["method"] == m and r["target"] == target) for m in methods]
+        vals = [next(r["tau_b"] for r in result["kendall"] if r["method"] == m and r["target"] == target) or 0.0 for m in methods]
         a1.bar(x + (k - 0.5) * 0.38, vals, width=0.38, label=target.replace("_", " "))
     a1.set_xticks(x)
     a1.set_xticklabels(methods, rotation=20, fontsize=8)

@@ -201,10 +201,13 @@ def validate_rexval_cmd(ctx: click.Context, rexval_dir: str, out_dir: str, radgr
     except (FileNotFoundError, ValueError, RuntimeError, PermanentError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"ReXVal: {result['n']} of {result['n_pairs']} pairs judged")
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     for row in result["kendall"]:
-        click.echo(f"  tau-b {row['target']:<18} {row['method']:<12} {row['tau_b']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
+        click.echo(f"  tau-b {row['target']:<18} {row['method']:<12} {fmt(row['tau_b'], '+.3f')} "
+                   f"[{fmt(row['ci_low'], '+.3f')}, {fmt(row['ci_high'], '+.3f')}]")
     for row in result["leave_one_rater_out"]["total_errors"]:
-        click.echo(f"  rater {row['rater']}: MAD left-out {row['mad_left_out_rater']:.3f} vs judge {row['mad_judge']:.3f} (p={row['p_value']:.2g})")
+        click.echo(f"  rater {row['rater']}: MAD left-out {row['mad_left_out_rater']:.3f} vs judge {row['mad_judge']:.3f} "
+                   f"(p={fmt(row['p_value'], '.2g')})")
     for name, note in result["settings"]["metric_notes"].items():
         if note.startswith("skipped"):
             click.echo(f"  {name}: {note}")
