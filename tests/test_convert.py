@@ -92,6 +92,18 @@ def test_encoder_only_matches_timm_block_math(parts, tmp_path):
     torch.testing.assert_close(out.last_hidden_state, final, atol=1e-5, rtol=1e-5)
 
 
+def test_encoder_folder_feeds_init_from_parts(parts, tmp_path):
+    """`convert --encoder-only` output is what `init --vision` (and stage 1) take."""
+    from llavarad.model.build import init_from_parts
+
+    _, base, release = parts
+    convert_encoder(release, tmp_path / "enc", preset="tiny")
+    bundle = init_from_parts(tmp_path / "enc", base, preset="tiny")
+    with torch.no_grad():
+        feats = bundle.model.model.vision_tower(_pixels(), output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(feats, timm_reference(timm_trunk(2), _pixels(), VISION_HEADS)[-2], atol=1e-5, rtol=1e-5)
+
+
 def test_merged_weights_are_w_plus_scaled_ba(parts, merged):
     from safetensors.torch import load_file
 

@@ -156,6 +156,10 @@ def timm_trunk_to_dinov2(trunk: dict[str, Any], *, num_attention_heads: int | No
                 out[base + dst] = torch.ones(hidden, dtype=cls.dtype)  # no LayerScale == scale of 1
             else:
                 raise ConversionError(f"{source}: trunk key {key!r} is missing")
+    # Dinov2 has a mask token for masked-image pretraining that timm's trunk lacks; LLaVA never masks.
+    # Keeping it (zeros, as HF initialises it) makes the folder load wherever a stock Dinov2 config is
+    # built from a preset (``init_from_parts``, stage 1).
+    out["embeddings.mask_token"] = torch.zeros(1, hidden, dtype=cls.dtype)
     leftovers = sorted(set(trunk) - used)
     if leftovers:
         raise ConversionError(f"{source}: {len(leftovers)} trunk keys have no Dinov2 counterpart: "
@@ -173,7 +177,7 @@ def timm_trunk_to_dinov2(trunk: dict[str, Any], *, num_attention_heads: int | No
         "layer_norm_eps": layer_norm_eps,
         "hidden_act": "gelu",
         "use_swiglu_ffn": False,
-        "use_mask_token": False,
+        "use_mask_token": True,
         "drop_path_rate": 0.0,
     }
     return out, config
