@@ -5,6 +5,6 @@ the 14 CheXpert observations. Phrase lists are in :mod:`.phrases`, negation and 
 in :mod:`.rules`, the pipeline and CheXpert's aggregation rules in :mod:`.labeler`.
 """
 
-from llavarad.evaluate.rule_labeler.labeler import NEGATIVE, POSITIVE, UNCERTAIN, Mention, RuleLabeler, aggregate
+from llavarad.evaluate.rule_labeler.labeler import NEGATIVE, POSITIVE, UNCERTAIN, Mention, RuleLabeler, RuleLabelerConfig, aggregate
 
-__all__ = ["NEGATIVE", "POSITIVE", "UNCERTAIN", "Mention", "RuleLabeler", "aggregate"]
+__all__ = ["NEGATIVE", "POSITIVE", "UNCERTAIN", "Mention", "RuleLabeler", "RuleLabelerConfig", "aggregate"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from typing import NamedTuple
+from dataclasses import asdict, dataclass
+from typing import Literal, NamedTuple
 
 from llavarad.evaluate.rule_labeler import phrases as _phrases
 from llavarad.evaluate.rule_labeler import rules as _rules
@@ -25,7 +26,7 @@ from llavarad.io.manifest import CHEXPERT_OBSERVATIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["POSITIVE", "NEGATIVE", "UNCERTAIN", "Mention", "RuleLabeler", "aggregate"]
+__all__ = ["POSITIVE", "NEGATIVE", "UNCERTAIN", "Mention", "RuleLabeler", "RuleLabelerConfig", "aggregate"]
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 
@@ -41,6 +42,24 @@ _SIZE_HEDGE_BEFORE = re.compile(r"(?:(?:stable|unchanged|similar|no (?:significa
 _ABNORMAL_SIZE = re.compile(r"enlarg|large|prominen|widen|increas|cardiomegal|dilat|big|expanded|cardiothoracic ratio")
 _SIZE_HEDGE_AFTER = re.compile(r"^(?:[a-z,]+ ){0,5}?(?:is |are |remains? |appears? )?(?:stable|unchanged|"
                                r"not changed|similar|borderline)\b")
+
+
+@dataclass(frozen=True)
+class RuleLabelerConfig:
+    """Settings of the rule-based labeler.
+
+    Attributes:
+        alternatives: how to read findings offered as alternatives joined by "or" ("scarring or
+            atelectasis"). ``"positive"`` (default, as NegBio and the Open-I gold standard read
+            them): each is labeled as stated. ``"uncertain"`` (the CheXpert labeler's rule): each
+            becomes uncertain. "A versus B" is uncertain either way.
+    """
+
+    alternatives: Literal["positive", "uncertain"] = "positive"
+
+    def __post_init__(self) -> None:
+        if self.alternatives not in ("positive", "uncertain"):
+            raise ValueError(f"alternatives={self.alternatives!r}: use 'positive' or 'uncertain'")
 
 
 class Mention(NamedTuple):
@@ -77,12 +96,15 @@ class RuleLabeler:
     name = "rules"
     version = "1.0"
 
-    def __init__(self) -> None:
+    def __init__(self, config: RuleLabelerConfig | None = None) -> None:
+        self.config = config or RuleLabelerConfig()
         # One index, one pass over the words, for mentions, unmentions and cue classes. Cue
         # classes (kind, direction, reach) may overlap each other ("are clear" is a backward
         # negation, "clear of" a forward one); matches within one label never overlap.
         classes: dict[tuple[str, str, bool], list[str]] = {}
         for cue in _rules.CUES:
+            if cue.tag == "alternative" and self.config.alternatives == "positive":
+                continue
             classes.setdefault((cue.kind, cue.direction, cue.short), []).append(cue.pattern)
         table: list[tuple[str, Iterable[str]]] = list(_phrases.MENTIONS.items())
         self._n_obs = len(table)
@@ -104,6 +126,7 @@ class RuleLabeler:
         """What decides this labeler's output (recorded with every evaluation)."""
         return {
             "implementation": "llavarad rule-based CheXpert-style labeler",
+            **asdict(self.config),
             "observations": list(CHEXPERT_OBSERVATIONS),
             "values": "1.0 positive, 0.0 negative, -1.0 uncertain, None not mentioned",
             "aggregation": "CheXpert: positive > uncertain > negative except negative+uncertain -> uncertain; "

@@ -26,12 +26,16 @@ from typing import NamedTuple
 
 
 class Cue(NamedTuple):
-    """One cue: ``kind`` in preneg/neg/unc/pseudo/break, ``direction`` fwd/bwd/both/-, ``short`` reach."""
+    """One cue: ``kind`` in preneg/neg/unc/pseudo/break, ``direction`` fwd/bwd/both/-, ``short`` reach.
+
+    ``tag`` names cues that a setting can switch off ("alternative": "A or B").
+    """
 
     kind: str
     direction: str
     pattern: str
     short: bool = False
+    tag: str = ""
 
 
 #: Reach of cues, in words between cue and mention.
@@ -103,7 +107,7 @@ CUES: tuple[Cue, ...] = (
         "concern|concerning|worrisome|differential|consider|considered|"
         "may|might|could|would|suggestion of|versus|vs\\.?|less likely|unlikely|"
         "either|correlat\\w*|clinical correlation|maybe|perhaps|obscur\\w*)"),
-    Cue("unc", "both", "(?:or|and/or)", short=True),
+    Cue("unc", "both", "(?:or|and/or)", short=True, tag="alternative"),
     Cue("unc", "bwd", f"(?:{_BE} )?(?:possible|possibly|probable|questionable|suspected|"
         "less likely|unlikely|(?:can|could|may|might) (?:also )?(?:be|represent|have)|"
         "versus|vs\\.?|obscur\\w*)\\b"),
