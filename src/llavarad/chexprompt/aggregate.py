@@ -154,7 +154,7 @@ def _plot(metrics: dict[str, dict[str, Any]], path: Path, result: dict[str, Any]
         title += f": {tot:.2f} errors/report ({sig:.2f} significant)"
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.28)  # fixed layout: tight_layout costs ~0.3 s
     fig.savefig(path)
     plt.close(fig)
 

@@ -234,6 +234,9 @@ def judge_pairs(
                 bucket.append(res)
                 if len(bucket) == n:
                     row = _result_row(pid, pending.pop(pid), signature)
+                    # flush always survives a killed process; fsync (power loss) only for rows that cost
+                    # an LLM call: a cached row is free to recompute, and 200 fsyncs dominate a cached rerun
+                    writer.fsync = not row["cached"]
                     writer.write(row)
                     written[pid] = row
                     if on_row is not None:
