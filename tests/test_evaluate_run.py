@@ -172,8 +172,8 @@ def test_nothing_to_score_and_bad_config(tmp_path):
     with pytest.raises(EvaluationError, match="nothing to score: 1 rows, 1 with a generation error"):
         evaluate(preds, tmp_path / "eval", EvaluateConfig(radgraph="off"), labeler=FakeLabeler())
     with pytest.raises(ConfigError) as info:
-        EvaluateConfig(labeler="gpt", bootstrap=0, confidence=2.0)
-    assert len(info.value.problems) == 3
+        EvaluateConfig(labeler="gpt", bootstrap=0, confidence=2.0, chexbert_weights="x.pth")
+    assert len(info.value.problems) == 4
 
 
 def test_cli_evaluate(tmp_path, shared_data, monkeypatch, capsys):
@@ -227,3 +227,4 @@ def test_unavailable_labeler_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(EvaluationError, match="'chexbert' labeler is unavailable: FileNotFoundError: no weights"):
         evaluate(preds, tmp_path / "eval", EvaluateConfig(labeler="chexbert", radgraph="off"))
     assert main(["evaluate", str(preds), "--out", str(tmp_path / "eval"), "--labeler", "chexbert"]) == 1
+

@@ -17,6 +17,8 @@ def register(group: click.Group) -> None:
                    "prior_mentions.csv (and caches used to resume).")
 @click.option("--labeler", type=click.Choice(["rules", "chexbert"]), default="rules", show_default=True,
               help="CheXpert-style labeler: 'rules' (offline, no weights) or 'chexbert' (needs weights).")
+@click.option("--chexbert-weights", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Local chexbert.pth for --labeler chexbert (default $LLAVARAD_CHEXBERT_WEIGHTS).")
 @click.option("--radgraph/--no-radgraph", "radgraph", default=None,
               help="F1-RadGraph. Default: computed when the radgraph package and weights are there, "
                    "otherwise skipped with the reason. --radgraph makes their absence an error.")
@@ -28,8 +30,9 @@ def register(group: click.Group) -> None:
 @click.option("--name", default=None, help="Model name in the table (default: the predictions' 'model' field).")
 @click.option("--no-plot", is_flag=True, help="Do not draw per_observation_f1.png.")
 @click.pass_context
-def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: str, radgraph: bool | None,
-                 radgraph_weights: str | None, n_bootstrap: int, seed: int, name: str | None, no_plot: bool) -> None:
+def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: str, chexbert_weights: str | None,
+                 radgraph: bool | None, radgraph_weights: str | None, n_bootstrap: int, seed: int, name: str | None,
+                 no_plot: bool) -> None:
     """Score generated reports: the metric table of LLaVA-Rad's Supplementary Table 1.
 
     PREDICTIONS is the JSONL written by `llavarad generate` (id, reference, prediction, error).
@@ -41,7 +44,8 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
     \b
     Example:
       llavarad evaluate run/predictions.jsonl --out run/eval
-      llavarad evaluate preds.jsonl --out eval --labeler chexbert --radgraph-weights ~/weights/radgraph
+      llavarad evaluate preds.jsonl --out eval --labeler chexbert --chexbert-weights ~/w/chexbert.pth \\
+          --radgraph-weights ~/w/rrg
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -52,7 +56,7 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
 
     console = Console(stderr=True)
     try:
-        config = EvaluateConfig(labeler=labeler, radgraph="auto" if radgraph is None else "on" if radgraph else "off",
+        config = EvaluateConfig(labeler=labeler, chexbert_weights=chexbert_weights, radgraph="auto" if radgraph is None else "on" if radgraph else "off",
                                 radgraph_weights=radgraph_weights, bootstrap=n_bootstrap, seed=seed, name=name,
                                 plot=not no_plot)
     except ConfigError as exc:

@@ -77,6 +77,7 @@ class EvaluateConfig:
 
     Attributes:
         labeler: CheXpert-style labeler ("rules": offline, no weights; "chexbert": model weights).
+        chexbert_weights: local ``chexbert.pth`` (default ``$LLAVARAD_CHEXBERT_WEIGHTS``).
         radgraph: "auto" computes F1-RadGraph when the package and weights are there and records
             why not otherwise; "on" makes their absence a failure; "off" skips it.
         radgraph_weights: folder with RadGraph weights (default ``$LLAVARAD_RADGRAPH_WEIGHTS``).
@@ -86,6 +87,7 @@ class EvaluateConfig:
     """
 
     labeler: Literal["rules", "chexbert"] = "rules"
+    chexbert_weights: str | None = None
     radgraph: Literal["auto", "on", "off"] = "auto"
     radgraph_weights: str | None = None
     bootstrap: int = 500
@@ -98,6 +100,8 @@ class EvaluateConfig:
         problems = []
         if self.labeler not in ("rules", "chexbert"):
             problems.append(f"labeler: {self.labeler!r} is not one of 'rules', 'chexbert'")
+        if self.chexbert_weights and self.labeler != "chexbert":
+            problems.append("chexbert_weights is set but labeler is not 'chexbert'; add --labeler chexbert")
         if self.radgraph not in ("auto", "on", "off"):
             problems.append(f"radgraph: {self.radgraph!r} is not one of 'auto', 'on', 'off'")
         if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 1:
@@ -402,7 +406,8 @@ def evaluate(
         try:
             from llavarad.evaluate.labelers import get_labeler
 
-            labeler = get_labeler(config.labeler)
+            options = {"weights": config.chexbert_weights} if config.labeler == "chexbert" and config.chexbert_weights else {}
+            labeler = get_labeler(config.labeler, **options)
         except Exception as exc:  # noqa: BLE001 - missing weights/packages surface as many types
             raise EvaluationError(f"the {config.labeler!r} labeler is unavailable: {type(exc).__name__}: {exc}") from exc
     pairs, ref_labels, pred_labels = _label_all(labeler, data.pairs, out / "labels_cache.jsonl", progress, problems)
