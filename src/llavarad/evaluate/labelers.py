@@ -133,6 +133,8 @@ class ChexbertLabeler:
             self._source = "f1chexbert package"
             self.model, self.tokenizer = _load_from_package(device)
         self.version = self._source
+        # CheXbert keeps 512 tokens; a smaller position table (tiny test models) caps that
+        self.max_tokens = min(_MAX_TOKENS, int(self.model.bert.config.max_position_embeddings))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -140,7 +142,7 @@ class ChexbertLabeler:
         return {
             "implementation": "CheXbert (BERT-base, 14 heads), argmax per head",
             "weights": self._source,
-            "max_tokens": _MAX_TOKENS,
+            "max_tokens": self.max_tokens,
             "values": "1.0 positive, 0.0 negative, -1.0 uncertain, None blank",
             "device": self.device,
         }
@@ -149,8 +151,8 @@ class ChexbertLabeler:
         tok = self.tokenizer
         pieces = tok.tokenize(_clean_for_bert(text))
         ids = [tok.cls_token_id, *tok.convert_tokens_to_ids(pieces), tok.sep_token_id]
-        if len(ids) > _MAX_TOKENS:  # keep [CLS] ... [SEP], as CheXbert does
-            ids = ids[: _MAX_TOKENS - 1] + [tok.sep_token_id]
+        if len(ids) > self.max_tokens:  # keep [CLS] ... [SEP], as CheXbert does
+            ids = ids[: self.max_tokens - 1] + [tok.sep_token_id]
         return ids
 
     def label(self, texts: list[str]) -> list[dict[str, float | None]]:
