@@ -91,9 +91,9 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
     for key, group, _ in TABLE_COLUMNS:
         v = m.get(key)
         shown = "skipped" if v is None else f"{v['value']:6.1f}  [{v['ci_low']:.1f}, {v['ci_high']:.1f}]"
-        click.echo(f"  {key:<13} {group:<32} {shown}")
+        click.echo(f"  {key:<14} {group:<32} {shown}")
     pm = result["prior_mentions"]
-    click.echo(f"  {'Prior-mentions':<13} {'predictions citing a prior/change':<32} {pm['share']:6.1f}  "
+    click.echo(f"  {'Prior-mentions':<14} {'% predictions citing a prior':<32} {pm['share']:6.1f}  "
                f"[{pm['ci_low']:.1f}, {pm['ci_high']:.1f}] % ({pm['n_flagged']} of {pm['n']})")
     skipped = result["settings"]["metrics"]["F1-RadGraph"].get("skipped")
     if skipped:

@@ -438,7 +438,7 @@ def evaluate(
         except RadGraphUnavailable as exc:
             skipped = str(exc)
             scorer = None
-            logger.warning("F1-RadGraph skipped: %s", exc)
+            logger.info("F1-RadGraph skipped: %s", exc)
 
     metrics: dict[str, dict[str, float] | None] = {}
     for policy, suffix in (("negative", ""), ("positive", "+")):
