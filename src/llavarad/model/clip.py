@@ -206,22 +206,38 @@ def _fan_in_normal_(module: nn.Module) -> None:
 
 
 def build_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 2000, context_length: int = 256):
-    """Train a lower-casing BERT WordPiece tokenizer on ``corpus`` (no download); a fast tokenizer.
+    """A lower-casing BERT WordPiece tokenizer for ``corpus`` (no download); a fast tokenizer.
+
+    The vocabulary is built deterministically (the ``tokenizers`` WordPiece trainer is not: its
+    vocabulary changes from run to run): every character seen, alone and as a ``##`` continuation,
+    then the most frequent whole words (ties alphabetical) up to ``vocab_size``. Rarer words split
+    into known pieces, so nothing but unseen characters is ever ``[UNK]``.
 
     Special tokens follow BERT: ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4; a
     single text encodes as ``[CLS] ... [SEP]`` so CLS pooling works as with BiomedBERT.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        if text:
+            counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in counts for c in w})
+    pieces = specials + chars + [f"##{c}" for c in chars]
+    room = max(0, vocab_size - len(pieces))
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:room]
+    vocab = {piece: i for i, piece in enumerate(pieces + words)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator((t for t in corpus if t), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )

@@ -259,13 +259,16 @@ class PairDataset:
 
 class EpochSampler:
     """A permutation of ``range(n)`` seeded by ``(seed, epoch)``: the data order of every epoch is
-    reproducible, which is what lets a resumed run skip exactly the batches already seen."""
+    reproducible, which is what lets a resumed run skip exactly the batches already seen.
+
+    The epoch is the attribute ``epoch``, set by the training loop from its checkpointed progress.
+    There is deliberately no ``set_epoch`` method: accelerate's data loaders call ``set_epoch`` with
+    their own iteration counter, which restarts at 0 in a resumed process (and in the loader that
+    ``skip_first_batches`` returns), and would silently change the order.
+    """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.n
@@ -393,7 +396,23 @@ def _save_checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
-def _build_model(cfg: Stage1Config, corpus: list[str]):
+def _run_tokenizer(cfg: Stage1Config, corpus: list[str], accelerator):
+    """The tokenizer of a run whose text tower is random: trained once on the main process, saved
+    under ``checkpoints/tokenizer`` and loaded from there by every process and every resumed run
+    (WordPiece training does not fix the ids of equally frequent pieces, so retraining could
+    renumber the vocabulary under the checkpointed embeddings)."""
+    from transformers import AutoTokenizer
+
+    from llavarad.model.clip import build_wordpiece_tokenizer
+
+    tok_dir = Path(cfg.output_dir) / _CKPT_DIR / "tokenizer"
+    if accelerator.is_main_process and not (tok_dir / "tokenizer.json").is_file():
+        build_wordpiece_tokenizer(corpus, cfg.tokenizer_vocab_size, cfg.context_length).save_pretrained(tok_dir)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
+def _build_model(cfg: Stage1Config, corpus: list[str], tokenizer=None):
     from llavarad.model.clip import init_clip
     from llavarad.model.presets import load_preset
 
@@ -404,7 +423,7 @@ def _build_model(cfg: Stage1Config, corpus: list[str]):
         vision_config = preset.vision
         image_size = image_size or preset.image_size
     return init_clip(image_size=image_size, vision_init=cfg.vision_init, vision_config=vision_config,
-                     text_init=cfg.text_init, text_config=cfg.text_config or None, corpus=corpus,
+                     text_init=cfg.text_init, text_config=cfg.text_config or None, tokenizer=tokenizer, corpus=corpus,
                      tokenizer_vocab_size=cfg.tokenizer_vocab_size, embed_dim=cfg.embed_dim,
                      context_length=cfg.context_length, text_proj=cfg.text_proj,
                      logit_scale_init=cfg.logit_scale_init, logit_scale_max=cfg.logit_scale_max, seed=cfg.seed)
@@ -483,7 +502,9 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
             logger.warning("%d validation records have no text and are left out", len(val_skipped))
 
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, [p.text for p in pairs])
+    corpus = [p.text for p in pairs]
+    tokenizer = _run_tokenizer(cfg, corpus, accelerator) if cfg.text_init is None else None
+    model = _build_model(cfg, corpus, tokenizer)
     if main:
         logger.info("stage 1: %d pairs; image tower %s (%.1fM params), text tower %s (%.1fM params)", len(pairs),
                     model.config.extra["init"]["vision"], sum(p.numel() for p in model.vision.parameters()) / 1e6,
@@ -533,7 +554,7 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
     try:
         while state.global_step < stop_at:
             epoch = state.epoch
-            sampler.set_epoch(epoch)
+            sampler.epoch = epoch
             dataset.epoch = epoch
             epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
             model.train()
