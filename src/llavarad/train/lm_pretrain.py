@@ -60,20 +60,22 @@ def lm_training_texts(indications: list[str | None], findings: list[str]) -> lis
 
 
 def _encode(tokenizer, context: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
-    ctx = [tokenizer.bos_token_id] + (tokenizer(context, add_special_tokens=False)["input_ids"] if context else [])
-    tgt = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = (ctx + tgt)[:max_length]
+    """Ids and labels (loss on the target + ``</s>`` only); an over-long context loses its start."""
+    body = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+    tgt = (tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_length - 1]
+    room = max_length - 1 - len(tgt)
+    body = body[len(body) - room:] if room > 0 else []
+    ids = [tokenizer.bos_token_id] + body + tgt
     # Loss on the target only: all of a bare finding text, the answer of a conversation (chat tuning).
-    labels = [IGNORE_INDEX] * len(ctx) + tgt
-    return ids, labels[:max_length]
+    return ids, [IGNORE_INDEX] * (1 + len(body)) + tgt
 
 
 def pretrain_lm(texts: list[tuple[str, str]], out_dir: str | Path, cfg: LmPretrainConfig) -> dict:
     """Build the tokenizer, train the LM on ``texts`` ((context, target) pairs), save to ``out_dir``.
 
     Returns a summary (losses, steps, seconds, parameter count), also written to
-    ``out_dir/lm_summary.json``. Sequences longer than ``max_length`` are truncated: this is
-    language-model pretraining on free text, not the supervised stages.
+    ``out_dir/lm_summary.json``. Contexts that do not fit ``max_length`` lose their start: this is
+    language-model pretraining on free text, not the supervised stages; the target is always kept.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -122,7 +124,7 @@ def pretrain_lm(texts: list[tuple[str, str]], out_dir: str | Path, cfg: LmPretra
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0 or step == cfg.steps - 1:
             logger.info("lm pretrain step %d/%d loss %.3f", step + 1, cfg.steps, losses[-1])
     model.eval()

@@ -1,0 +1,98 @@
+"""The demo's parts: LM pretraining output feeds init_from_parts; config checks; the full run (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from llavarad.demo import DemoConfig, _card_markdown, run_demo  # noqa: E402
+from llavarad.model.processor import IGNORE_INDEX  # noqa: E402
+from llavarad.train.lm_pretrain import LmPretrainConfig, _encode, lm_training_texts, pretrain_lm  # noqa: E402
+
+FINDINGS = ["The heart is enlarged.", "No pleural effusion.", "Small left pneumothorax.", "Lungs are clear."]
+
+
+def test_lm_texts_and_loss_masks():
+    pairs = lm_training_texts(["Cough.", None], FINDINGS[:2])
+    assert [t for c, t in pairs if not c] == FINDINGS[:2]
+    convo = [(c, t) for c, t in pairs if c]
+    assert "<image>" not in convo[0][0] and "indication: Cough." in convo[0][0] and convo[0][0].endswith("ASSISTANT:")
+    assert convo[0][1] == " " + FINDINGS[0]
+
+    from llavarad.model.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(FINDINGS)
+    ids, labels = _encode(tok, convo[0][0], convo[0][1], 512)
+    n_ctx = 1 + len(tok(convo[0][0], add_special_tokens=False)["input_ids"])
+    assert labels[:n_ctx] == [IGNORE_INDEX] * n_ctx
+    assert tok.decode(labels[n_ctx:]) == " " + FINDINGS[0] + "</s>"
+    ids, labels = _encode(tok, "", FINDINGS[1], 512)
+    assert labels[0] == IGNORE_INDEX and labels[1:] == ids[1:]
+    ids, labels = _encode(tok, convo[0][0] * 5, " Clear.", 24)  # context too long: it loses its start
+    target = tok(" Clear.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert len(ids) == 24 and ids[0] == tok.bos_token_id and labels[-len(target):] == target
+    assert labels[:-len(target)] == [IGNORE_INDEX] * (24 - len(target))
+
+
+def test_pretrained_lm_assembles_with_a_dinov2_folder(tmp_path, tiny_bundle):
+    from llavarad.model.build import init_from_parts, load_model, save_model
+
+    texts = lm_training_texts(["Cough."] * 4, FINDINGS)
+    summary = pretrain_lm(texts, tmp_path / "lm", LmPretrainConfig(preset="tiny", steps=8, batch_size=4,
+                                                                   vocab_size=300, warmup_steps=2))
+    assert summary["final_loss"] < summary["first_loss"]
+    tiny_bundle.model.model.vision_tower.save_pretrained(tmp_path / "vision")
+    bundle = init_from_parts(tmp_path / "vision", tmp_path / "lm", preset="tiny", prompt_format="plain")
+    save_model(bundle, tmp_path / "init")
+    again = load_model(tmp_path / "init", device="cpu", dtype="float32")
+    assert again.prompt_format == "plain"
+    assert len(again.tokenizer) == again.model.config.text_config.vocab_size
+
+
+def test_demo_config_validation():
+    with pytest.raises(ValueError, match="n=10"):
+        DemoConfig(n=10)
+    with pytest.raises(ValueError, match="image_size=100"):
+        DemoConfig(image_size=100)
+
+
+def test_report_card_markdown_lists_metrics_losses_times_and_examples():
+    card = {"data": {"phantoms": 10, "splits": {"train": 8, "test": 2}, "evaluated": 2, "blank_images": False},
+            "metrics": {"Micro-F1-14": {"value": 91.5, "ci_low": 80.0, "ci_high": 99.0}},
+            "losses": {"stage2": {"first": 3.2, "final": 0.5}},
+            "timings_s": {"stage2": 12.5, "total": 12.5}, "cpu_s": {"stage2": 20.0, "total": 20.0},
+            "examples": [{"id": "ph1", "indication": "Cough.", "reference": "A | B", "prediction": "A"}]}
+    md = _card_markdown(card)
+    assert "| Micro-F1-14 | 91.5 | 80.0-99.0 |" in md
+    assert "| stage2 | 3.200 | 0.500 |" in md and "| stage2 | 12.5 | 20.0 |" in md
+    assert "| A / B | A |" in md
+
+
+def test_cli_demo_help():
+    from llavarad.cli import main
+
+    assert main(["demo", "--help"]) == 0
+    assert main(["train", "stage3", "--help"]) == 0
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
+    pytest.importorskip("llavarad.train.stage1_encoder")
+    cfg = DemoConfig(n=60, image_size=56, preset="tiny", stage1_epochs=1, stage1_batch=16, stage2_epochs=1,
+                     stage3_epochs=1, lora_r=4, batch_size=8, max_new_tokens=16,
+                     lm=LmPretrainConfig(preset="tiny", steps=5, batch_size=4, vocab_size=400, warmup_steps=1))
+    card = run_demo(cfg, tmp_path / "demo")
+    out = tmp_path / "demo"
+    for name in ("report_card.md", "report_card.json", "predictions.jsonl", "eval/metrics.json",
+                 "stage3/llavarad.json", "stage1/image_encoder/config.json"):
+        assert (out / name).is_file(), name
+    assert card["data"]["evaluated"] == card["data"]["splits"]["test"]
+    assert set(card["timings_s"]) >= {"phantoms", "lm", "stage1", "init", "stage2", "stage3", "generate", "evaluate"}
+    seen = []
+    run_demo(cfg, out, progress=lambda stage, status, s: seen.append((stage, status)))
+    assert all(status.startswith("done earlier") for stage, status in seen if stage != "report")
+    assert json.loads((out / "report_card.json").read_text())["headline"]["Micro-F1-14"] is not None
