@@ -135,14 +135,34 @@ class PhraseIndex:
                 for p in _prefixes(frag):
                     by_len.setdefault(len(p), {}).setdefault(p, []).append(entry)
         self._by_len = sorted(by_len.items())
-        self._cache: dict[str, list[tuple[int, int, re.Pattern[str]]]] = {}
+        self._fragments: dict[int, str] = {}
+        for table in by_len.values():
+            for entries in table.values():
+                for order_, _, pattern in entries:
+                    self._fragments[order_] = pattern.pattern
+        self._cache: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
+        self._merged: dict[tuple[int, ...], re.Pattern[str]] = {}
 
-    def _candidates(self, word: str) -> list[tuple[int, int, re.Pattern[str]]]:
-        cands: list[tuple[int, int, re.Pattern[str]]] = []
+    def _candidates(self, word: str) -> list[tuple[int, re.Pattern[str]]]:
+        """Per label, one pattern: the label's fragments that can start with ``word``, in order."""
+        entries: list[tuple[int, int, re.Pattern[str]]] = []
         for n, table in self._by_len:
             if n <= len(word):
-                cands.extend(table.get(word[:n], ()))
-        cands.sort(key=lambda c: c[0])
+                entries.extend(table.get(word[:n], ()))
+        entries.sort(key=lambda c: c[0])
+        groups: dict[int, list[int]] = {}
+        for order_, label_id, _ in entries:
+            orders = groups.setdefault(label_id, [])
+            if not orders or orders[-1] != order_:  # a fragment may sit under two prefixes of the word
+                orders.append(order_)
+        cands: list[tuple[int, re.Pattern[str]]] = []
+        for label_id, orders in groups.items():
+            key = tuple(orders)
+            merged = self._merged.get(key)
+            if merged is None:  # an alternation tries its branches in order, like the list did
+                merged = re.compile("|".join(self._fragments[o] for o in orders))
+                self._merged[key] = merged
+            cands.append((label_id, merged))
         if len(self._cache) > 100_000:  # bound the memo on endless vocabularies
             self._cache.clear()
         self._cache[word] = cands
@@ -157,15 +177,11 @@ class PhraseIndex:
             cands = cache.get(word)
             if cands is None:
                 cands = self._candidates(word)
-            if not cands:
-                continue
-            done = -1
-            for _, label_id, pattern in cands:
-                if label_id == done or pos < last_end[label_id]:
+            for label_id, pattern in cands:
+                if pos < last_end[label_id]:
                     continue
                 m = pattern.match(text, pos)
                 if m is not None:
-                    done = label_id
                     last_end[label_id] = m.end()
                     out.append((pos, m.end(), label_id))
         return out

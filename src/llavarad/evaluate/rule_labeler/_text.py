@@ -14,7 +14,6 @@ __all__ = ["clean_report", "sentence_bounds", "sentence_of"]
 
 _AND_OR = re.compile(r"and/or")
 _SLASH = re.compile(r"(?<=[a-z])/(?=[a-z])")
-_SPACER = str.maketrans({".": ". ", ",": ", "})
 # A sentence ends at ., ? or ! followed by a space or the end; "1." list numbers form their own
 # (mention-free) sentences, which is harmless.
 _SENT_END = re.compile(r"[.?!;](?= |$)")
@@ -25,7 +24,7 @@ def clean_report(text: str) -> str:
     text = text.lower()
     text = _AND_OR.sub("or", text)
     text = _SLASH.sub(" or ", text)
-    text = text.replace("..", ".").translate(_SPACER)
+    text = text.replace("..", ".").replace(".", ". ").replace(",", ", ")
     return " ".join(text.split())
 
 

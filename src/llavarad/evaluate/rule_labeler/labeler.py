@@ -36,6 +36,7 @@ _CARDIOMEGALY = "Cardiomegaly"
 
 # "stable heart size", "cardiac silhouette is unchanged", "borderline heart size": a statement
 # about a size word that says nothing about enlargement.
+_ONE_SENTENCE = [0]
 _SIZED = ("Cardiomegaly", "Enlarged Cardiomediastinum")
 _SIZE_HEDGE_BEFORE = re.compile(r"(?:(?:stable|unchanged|similar|no (?:significant |interval )?change in)"
                                 r"(?: (?:the|in|of|mild|mildly|appearance))*|borderline(?: [a-z]+){0,3}) ?$")
@@ -120,6 +121,8 @@ class RuleLabeler:
         }
         self._hedged = {obs: re.compile(rf"(?:{_alternation(f)})") for obs, f in _phrases.HEDGED_MENTIONS.items()}
         self._size_words = re.compile(rf"(?:{_alternation(_phrases.SIZE_ONLY_MENTIONS)})")
+        self._obs_rank = {obs: i for i, obs in enumerate(self._observations)}
+        self._sentence_cache: dict[str, tuple[tuple[str, str, int, int, float], ...]] = {}
 
     @property
     def settings(self) -> dict[str, object]:
@@ -155,17 +158,42 @@ class RuleLabeler:
         return out
 
     def mentions(self, text: str) -> list[Mention]:
-        """All mentions of one report with their status, in observation order."""
+        """All mentions of one report with their status, in observation order.
+
+        Sentences are labeled independently (no cue reaches across a sentence end), so each
+        distinct sentence is worked out once and remembered: report sentences repeat a lot.
+        """
         clean = clean_report(text)
         if not clean:
             return []
+        found: list[Mention] = []
+        bounds = sentence_bounds(clean)
+        bounds.append(len(clean))
+        cache = self._sentence_cache
+        for a, b in zip(bounds, bounds[1:]):
+            sentence = clean[a:b]
+            if sentence.startswith(" "):
+                sentence, a = sentence[1:], a + 1
+            if not sentence:
+                continue
+            local = cache.get(sentence)
+            if local is None:
+                local = self._sentence_mentions(sentence)
+                if len(cache) > 200_000:  # bound the memo on endless streams of new sentences
+                    cache.clear()
+                cache[sentence] = local
+            found.extend(Mention(obs, t, s + a, e + a, status) for obs, t, s, e, status in local)
+        found.sort(key=lambda m: (self._obs_rank[m.observation], m.start))
+        return found
+
+    def _sentence_mentions(self, sentence: str) -> tuple[tuple[str, str, int, int, float], ...]:
         n_obs, n_phrase = self._n_obs, self._n_phrase_labels
         hits: list[tuple[int, int, int]] = []
         blocked: dict[int, list[tuple[int, int]]] = {}
         cues: list[_CueHit] = []
         pseudo: list[tuple[int, int]] = []
         keys = self._cue_keys
-        for start, end, label in self._index.find(clean, word_starts(clean)):
+        for start, end, label in self._index.find(sentence, word_starts(sentence)):
             if label < n_obs:
                 hits.append((label, start, end))
             elif label < n_phrase:
@@ -177,22 +205,20 @@ class RuleLabeler:
                 else:
                     cues.append(_CueHit(start, end, kind, direction, short))
         if not hits:
-            return []
+            return ()
         if pseudo:  # words of "no change" cannot act as a negation
             cues = [h for h in cues if h.kind == "break" or not any(ps <= h.start < pe for ps, pe in pseudo)]
-        starts = sentence_bounds(clean)
         observations = self._observations
-        found: list[Mention] = []
-        hits.sort()
-        for label, s, e in hits:
+        out: list[tuple[str, str, int, int, float]] = []
+        for label, s, e in sorted(hits):
             spans = blocked.get(label)
             if spans and any(s < be and e > bs for bs, be in spans):
                 continue
             obs = observations[label]
-            status = self._classify(clean, obs, s, e, starts, cues)
+            status = self._classify(sentence, obs, s, e, _ONE_SENTENCE, cues)
             if status is not None:
-                found.append(Mention(obs, clean[s:e], s, e, status))
-        return found
+                out.append((obs, sentence[s:e], s, e, status))
+        return tuple(out)
 
     # -- negation and uncertainty -------------------------------------------------------------
     def _classify(self, text: str, obs: str, s: int, e: int, starts: list[int], cues: list[_CueHit]) -> float | None:
