@@ -44,7 +44,9 @@ MENTIONS: dict[str, tuple[str, ...]] = {
         "mastectomy", "cabg\\b", "scar", "fibrotic", "cyst", "cavit", "adenopathy",
         "lymphadenopathy", "enlarged (?:lymph|node)", "dextro", "situs", "azygos lobe",
         "cervical rib", "foreign body", "shrapnel", "bronchovascular crowding",
-        "pectus", "hyperlucen", "air trapping", "abnormal",
+        "pectus", "hyperlucen", "air trapping", "abnormal", "low (?:lung )?volumes?",
+        "(?:decreased|diminished|reduced) lung volumes?", "hypoinflat", "hypoventilat",
+        "ectasia", "spurring", "syndesmophyt", "breast (?:implant|prosthes)",
     ),
     "Enlarged Cardiomediastinum": (
         "mediastinum", "cardiomediastinum", "mediastinal (?:contour|silhouette|configuration|"

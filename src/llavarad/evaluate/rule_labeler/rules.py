@@ -77,7 +77,7 @@ CUES: tuple[Cue, ...] = (
     Cue("neg", "fwd", "(?:absence|resolution|resolving|removal|clearing|disappearance|interval resolution) of"),
     Cue("neg", "fwd", "resolved"),
     Cue("neg", "fwd", "rather than"),
-    Cue("neg", "fwd", "(?:history|sequelae?|stigmata) of"),
+    Cue("neg", "fwd", "history of"),
     Cue("neg", "fwd", "(?:to |and |or )?(?:exclude|excluding|rule out|ruling out|r/o|evaluate for|"
         "evaluation for|assess for|assessment for)"),
     Cue("neg", "fwd", "no longer"),
