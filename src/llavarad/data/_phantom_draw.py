@@ -33,7 +33,7 @@ _EFFUSION_LEVEL = {"small": 0.15, "moderate": 0.23, "large": 0.36}
 _CONSOL_RADIUS = {"small": 0.055, "moderate": 0.072, "large": 0.095}
 _EDEMA = {"mild": (0.13, 0.1, 0.13), "moderate": (0.17, 0.12, 0.155), "severe": (0.22, 0.145, 0.18)}
 _ATEL_WIDTH = {"mild": 0.026, "moderate": 0.036, "severe": 0.05}
-_LESION_RADIUS = {"small": 0.022, "moderate": 0.034, "large": 0.058}
+_LESION_RADIUS = {"small": 0.026, "moderate": 0.038, "large": 0.06}
 #: Canvas change (about 2 gray levels) above which a pixel counts as changed by a finding.
 _VISIBLE = 0.006
 _ZONE_Y = {"upper": 0.25, "middle": 0.44, "lower": 0.6}
