@@ -61,6 +61,15 @@ class LoraAdapter:
         a, b = self.a[module].float(), self.b[module].float()
         return (b @ a) * self.scale(module)
 
+    def merge_into(self, module: str, weight):
+        """``weight + scale * B @ A`` computed in float32 (one temporary, updated in place), returned in
+        ``weight``'s dtype; ``weight`` is ``(out, in)``."""
+        merged = weight.float()  # copies when weight is half precision; cloned below otherwise
+        if merged.data_ptr() == weight.data_ptr():
+            merged = merged.clone()
+        merged.addmm_(self.b[module].float(), self.a[module].float(), alpha=self.scale(module))
+        return merged.to(weight.dtype)
+
     def targets_name(self, module: str) -> bool:
         """Whether peft would put a LoRA layer on ``module`` given ``target_modules``."""
         targets = self.config.get("target_modules")

@@ -326,12 +326,8 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
             applied.append(name)
         module = name.removesuffix(".weight")
         if module in pending and not keep_lora:
-            w = tensor.float()
-            delta = adapter.delta(module)
-            if tuple(delta.shape) != tuple(w.shape):
-                raise ConversionError(f"{adapter.source}: {module}: B @ A is {tuple(delta.shape)}, base weight is "
-                                      f"{tuple(w.shape)}")
-            tensor = w + delta
+            _check_lora_shape(adapter, module, tensor)
+            tensor = adapter.merge_into(module, tensor)
             pending.discard(module)
         elif module in pending:
             _check_lora_shape(adapter, module, tensor)
@@ -340,8 +336,7 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
             raise ConversionError(f"{adapter.source}: {module} is a LoRA target but has no lora_A/lora_B weights")
         tensor = tensor.to(torch_dtype)
         if key in ("model.language_model.embed_tokens.weight", "lm_head.weight") and tensor.shape[0] < new_vocab:
-            extra = tensor.float().mean(dim=0, keepdim=True).expand(new_vocab - tensor.shape[0], -1)
-            tensor = torch.cat([tensor, extra.to(torch_dtype)], dim=0)  # <image> row = mean row
+            tensor = _grow_rows(tensor, new_vocab)  # <image> row(s) = the mean row
         state[key] = tensor
     if pending:
         raise ConversionError(f"{adapter.source}: LoRA weights for modules the base model does not have: "
@@ -371,6 +366,20 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
         _save_adapter(adapter, out / LORA_DIR, torch_dtype)
     logger.info("converted %s + %s -> %s", release_dir, base, out)
     return report
+
+
+def _grow_rows(weight, rows: int):
+    """``weight`` ``(n, d)`` -> ``(rows, d)``; the new rows are the float32 mean of the old ones, summed in
+    blocks so that no float32 copy of a 32000 x 4096 matrix is made."""
+    import torch
+
+    total = torch.zeros(weight.shape[1], dtype=torch.float32)
+    for start in range(0, weight.shape[0], 4096):
+        total += weight[start:start + 4096].float().sum(dim=0)
+    out = weight.new_empty((rows, weight.shape[1]))
+    out[: weight.shape[0]] = weight
+    out[weight.shape[0]:] = (total / weight.shape[0]).to(weight.dtype)
+    return out
 
 
 def _check_lora_shape(adapter: LoraAdapter, module: str, weight) -> None:
