@@ -49,7 +49,7 @@ MENTIONS: dict[str, tuple[str, ...]] = {
         "ectasia", "spurring", "syndesmophyt", "breast (?:implant|prosthes)",
     ),
     "Enlarged Cardiomediastinum": (
-        "mediastinum", "cardiomediastinum", "mediastinal (?:contour|silhouette|configuration|"
+        "mediastinum", "cardiomediastinum", "(?:cardio)?mediastinal (?:contour|silhouette|configuration|"
         "width|widening|shadow|structures|size)", "contour", "pericardial silhouette",
         "cardiac silhouette and (?:pulmonary )?vascularity", "widened mediastin",
         "mediastinal widening", "hilar (?:contour|silhouette)",
