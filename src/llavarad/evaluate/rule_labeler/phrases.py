@@ -79,7 +79,7 @@ MENTIONS: dict[str, tuple[str, ...]] = {
     ),
     "Consolidation": ("consolidat",),
     "Pneumonia": (
-        "pneumonia", "bronchopneumonia", "infection", "infectious", "infective",
+        "pneumonia", "bronchopneumonia", "pneumonitis", "infection", "infectious", "infective",
     ),
     "Atelectasis": ("atelecta", "collapse"),
     "Pneumothorax": ("pneumothora", "ptx\\b", "hydropneumothora"),
