@@ -12,6 +12,7 @@ Pipeline per report (all regular expressions are compiled once, when the labeler
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterable
@@ -86,7 +87,9 @@ class _CueHit(NamedTuple):
 
 
 class RuleLabeler:
-    """Offline CheXpert-style labeler (no model weights); thread-safe after construction.
+    """Offline CheXpert-style labeler (no model weights); safe to share between threads.
+
+    ``version`` ends in a digest of the phrase and cue data, so a result records the exact rules.
 
     Example:
         >>> lab = RuleLabeler()
@@ -95,10 +98,10 @@ class RuleLabeler:
     """
 
     name = "rules"
-    version = "1.0"
 
     def __init__(self, config: RuleLabelerConfig | None = None) -> None:
         self.config = config or RuleLabelerConfig()
+        self.version = f"1.0+{_rules_digest()}"
         # One index, one pass over the words, for mentions, unmentions and cue classes. Cue
         # classes (kind, direction, reach) may overlap each other ("are clear" is a backward
         # negation, "clear of" a forward one); matches within one label never overlap.
@@ -293,6 +296,14 @@ class RuleLabeler:
                 return UNCERTAIN
             return None
         return POSITIVE
+
+
+def _rules_digest() -> str:
+    """Short digest of every phrase and cue list (changes whenever the rules change)."""
+    data = repr((_phrases.MENTIONS, _phrases.UNMENTIONS, _phrases.HEDGED_MENTIONS, _phrases.HEART_FAILURE_MENTIONS,
+                 _phrases.SIZE_ONLY_MENTIONS, _rules.CUES, _rules.FWD_REACH, _rules.BWD_REACH,
+                 _rules.SHORT_FWD_REACH, _rules.SHORT_BWD_REACH))
+    return hashlib.sha256(data.encode()).hexdigest()[:12]
 
 
 def aggregate(mentions: Iterable[Mention]) -> dict[str, float | None]:
