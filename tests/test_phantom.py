@@ -379,3 +379,24 @@ def test_fixed_phrasing_changes_only_the_wording():
     assert len(texts) < 60
     with pytest.raises(ConfigError, match="phrasing"):
         config_from_dict(PhantomConfig, {"phrasing": "terse"})
+
+
+@pytest.mark.parametrize("name", ["lung_lesion", "consolidation"])
+def test_reported_finding_is_never_hidden_behind_a_large_heart(name):
+    """A nodule or consolidation in the left lower zone must move onto lung that is still visible."""
+    for seed in range(12):
+        spec = PhantomSpec(AnatomySpec(), [FindingSpec("cardiomegaly", None, None, "severe", seed),
+                                           FindingSpec(name, "left", "lower", "small", seed)])
+        img, base, masks = _with_and_without(spec, 112)
+        mask = masks[name] & ~masks["cardiomegaly"]
+        assert mask.sum() >= 20, f"seed {seed}: {name} nearly invisible ({mask.sum()} px)"
+
+
+def test_every_sampled_finding_has_a_visible_mask():
+    config = PhantomConfig(n=150, size=64, seed=77)
+    for i in range(config.n):
+        spec, _, _, rng = build_record(config, i)
+        _, masks = draw_phantom(rng, spec, 64)
+        assert set(masks) == set(spec.names())
+        for name, mask in masks.items():
+            assert mask.sum() >= 4, f"record {i}: {name} mask has {mask.sum()} px"

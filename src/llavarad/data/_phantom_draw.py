@@ -286,22 +286,37 @@ def _anatomy(scene: _Scene, cardiomegaly: str | None, tex_rng: np.random.Generat
 
 # --- findings -------------------------------------------------------------------------------------
 def _zone_point(scene: _Scene, lung: np.ndarray, side: str, zone: str, rng: np.random.Generator, margin: float) -> tuple[float, float]:
-    """A point well inside ``lung`` in the given zone (upper/middle/lower) of one side."""
+    """A point well inside ``lung`` in the given zone (upper/middle/lower) of one side.
+
+    Tries random points in the zone first; if the zone is mostly hidden (e.g. behind an enlarged
+    heart) it picks among the lung pixels that remain, widening the margin and then the band, so
+    the finding is always drawn on visible lung.
+    """
     lu = scene.lung(side)
     size = scene.size
-    for _ in range(60):
-        px_ = lu.cx + lu.sign * rng.uniform(-0.25, 0.45) * lu.a
-        py_ = _ZONE_Y[zone] + scene.an.dy + rng.uniform(-0.05, 0.05)
-        ok = True
-        for ddx, ddy in ((0, 0), (margin, 0), (-margin, 0), (0, margin), (0, -margin)):
+    zone_y = _ZONE_Y[zone] + scene.an.dy
+
+    def inside(px_: float, py_: float, m: float) -> bool:
+        for ddx, ddy in ((0, 0), (m, 0), (-m, 0), (0, m), (0, -m)):
             c = min(size - 1, max(0, int((px_ + ddx) * size)))
             r = min(size - 1, max(0, int((py_ + ddy) * size)))
             if lung[r, c] < 0.99:
-                ok = False
-                break
-        if ok:
+                return False
+        return True
+
+    for _ in range(40):
+        px_ = lu.cx + lu.sign * rng.uniform(-0.25, 0.45) * lu.a
+        py_ = zone_y + rng.uniform(-0.05, 0.05)
+        if inside(px_, py_, margin):
             return px_, py_
-    return lu.cx + lu.sign * 0.1 * lu.a, _ZONE_Y[zone] + scene.an.dy
+    rows, cols = np.nonzero(lung > 0.99)
+    ys, xs = (rows + 0.5) / size, (cols + 0.5) / size
+    for band, m in ((0.08, margin), (0.08, margin / 2), (0.5, margin / 2), (1.0, 0.0)):
+        near = np.nonzero(np.abs(ys - zone_y) <= band)[0]
+        for k in rng.permutation(near)[:200]:
+            if inside(float(xs[k]), float(ys[k]), m):
+                return float(xs[k]), float(ys[k])
+    return lu.cx, zone_y
 
 
 def _pneumothorax(scene: _Scene, L: dict[str, np.ndarray], f: FindingSpec) -> np.ndarray:
