@@ -400,3 +400,17 @@ def test_every_sampled_finding_has_a_visible_mask():
         assert set(masks) == set(spec.names())
         for name, mask in masks.items():
             assert mask.sum() >= 4, f"record {i}: {name} mask has {mask.sum()} px"
+
+
+def test_cli_config_file_with_overrides(tmp_path, capsys):
+    cfg = tmp_path / "ph.yaml"
+    cfg.write_text("n: 4\nsize: 40\nphrasing: fixed\nprevalence:\n  edema: 0.3\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["phantom", "--out", str(out), "--config", str(cfg), "--n", "3"]) == 0
+    saved = load_phantom_config(out / "phantom_config.json")
+    assert (saved.n, saved.size, saved.phrasing, saved.prevalence["edema"]) == (3, 40, "fixed", 0.3)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n: many\nsizes: 3\n", encoding="utf-8")
+    assert main(["phantom", "--out", str(tmp_path / "o2"), "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "n: expected an integer, got 'many'" in err and "sizes" in err
