@@ -97,25 +97,35 @@ def _first(value: Any) -> float:
 
 
 def window_linear(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """DICOM VOI windowing (PS3.3 C.11.2.1.2-3) mapped straight to [0, 1] (float64, same shape)."""
+    """DICOM VOI windowing (PS3.3 C.11.2.1.2-3) mapped straight to [0, 1]: float32, same shape as ``x``.
+
+    float32 keeps 24 bits of mantissa, more than any stored pixel depth, and halves the memory traffic.
+    """
     function = (function or "LINEAR").upper()
-    x = x.astype(np.float64, copy=False)
+    out = np.array(x, dtype=np.float32, copy=True)  # one pass: convert + own the buffer
     if function == "SIGMOID":
         if width <= 0:
             raise DicomRenderError(f"Window Width {width} must be > 0 for SIGMOID")
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+        out -= np.float32(center)
+        out *= np.float32(-4.0 / width)
+        np.exp(out, out=out)
+        out += 1
+        return np.reciprocal(out, out=out)
     if function == "LINEAR_EXACT":
         if width <= 0:
             raise DicomRenderError(f"Window Width {width} must be > 0 for LINEAR_EXACT")
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    if function != "LINEAR":
+        lo, span = center - width / 2, float(width)
+    elif function == "LINEAR":
+        if width < 1:
+            raise DicomRenderError(f"Window Width {width} must be >= 1 for LINEAR windowing")
+        if width == 1:  # a threshold
+            return (out > center - 0.5).astype(np.float32)
+        lo, span = (center - 0.5) - (width - 1) / 2, width - 1.0
+    else:
         raise DicomRenderError(f"VOI LUT Function {function!r} is not LINEAR, LINEAR_EXACT or SIGMOID")
-    if width < 1:
-        raise DicomRenderError(f"Window Width {width} must be >= 1 for LINEAR windowing")
-    c, w = center - 0.5, width - 1.0
-    if w == 0:  # width exactly 1: a threshold
-        return (x > c).astype(np.float64)
-    return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / span)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _stored_range(ds) -> tuple[float, float]:
@@ -235,10 +245,11 @@ def render_dicom(path: Path, *, max_pixels: int, min_side: int,
     invert = photometric == "MONOCHROME1"
     if str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
         invert = not invert
+    arr = np.asarray(arr, dtype=np.float32)
     if invert:
-        arr = 1.0 - arr
+        arr = np.subtract(np.float32(1.0), arr, out=arr)
     meta["inverted"] = invert
-    return arr.astype(np.float32), _view_from_dataset(ds), meta
+    return arr, _view_from_dataset(ds), meta
 
 
 def _apply_voi(values: np.ndarray, ds, fallback: FallbackWindow, apply_voi) -> tuple[np.ndarray, dict[str, Any]]:
@@ -251,7 +262,7 @@ def _apply_voi(values: np.ndarray, ds, fallback: FallbackWindow, apply_voi) -> t
         lut_out = apply_voi(ints, ds, index=0)
         top = float(2**depth - 1)
         explanation = str(item.get("LUTExplanation", "") or "")
-        return np.clip(lut_out.astype(np.float64) / top, 0.0, 1.0), {
+        return np.clip(lut_out.astype(np.float32) / np.float32(top), 0.0, 1.0), {
             "source": "voi_lut", "bits_per_entry": depth, "entries": int(item.LUTDescriptor[0] or 65536),
             "explanation": explanation, "alternatives": len(ds.VOILUTSequence)}
     if "WindowCenter" in ds and "WindowWidth" in ds and ds.WindowCenter not in (None, "") and ds.WindowWidth not in (None, ""):
@@ -263,7 +274,7 @@ def _apply_voi(values: np.ndarray, ds, fallback: FallbackWindow, apply_voi) -> t
     kind = fallback
     if kind == "auto":
         kind = "bits" if int(ds.get("BitsStored", 8) or 8) <= 8 and not ds.get("ModalityLUTSequence") else "minmax"
-    v = values.astype(np.float64, copy=False)
+    v = np.asarray(values, dtype=np.float32)
     if kind == "bits":
         lo, hi = _modality_range(ds)
     elif kind == "minmax":
@@ -274,7 +285,9 @@ def _apply_voi(values: np.ndarray, ds, fallback: FallbackWindow, apply_voi) -> t
         raise DicomRenderError(f"fallback_window {fallback!r} is not one of auto, minmax, percentile, bits")
     if hi <= lo:
         raise DicomRenderError(f"all pixels have the same value ({lo}): a blank image")
-    return np.clip((v - lo) / (hi - lo), 0.0, 1.0), {"source": kind, "low": lo, "high": hi}
+    out = v - np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out), {"source": kind, "low": lo, "high": hi}
 
 
 def _plain(value: Any) -> Any:

@@ -168,8 +168,10 @@ def read_cxr(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, m
 def _to_pil_gray(array: np.ndarray) -> Image.Image:
     from PIL import Image as _Image
 
-    q = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
-    return _Image.fromarray(q)  # uint8 2-D -> mode "L"
+    q = np.multiply(array, np.float32(255.0), dtype=np.float32)
+    np.rint(q, out=q)
+    np.clip(q, 0, 255, out=q)
+    return _Image.fromarray(q.astype(np.uint8))  # uint8 2-D -> mode "L"
 
 
 def _read_dicom(p: Path, max_pixels: int, min_side: int, fallback_window: FallbackWindow):
@@ -257,20 +259,22 @@ def _pil_to_unit(img: Image.Image, p: Path) -> tuple[np.ndarray, dict[str, Any]]
         return ((raw - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32), info
     if mode in ("1", "L"):
         info.update(bit_depth=1 if mode == "1" else 8, color="gray")
-        return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0), info
+        return np.asarray(img.convert("L"), dtype=np.float32) * np.float32(1 / 255), info
     if mode in ("LA", "La"):
         info.update(bit_depth=8, color="gray", dropped_alpha=True)
         return (np.asarray(img.getchannel(0), dtype=np.float32) / 255.0), info
     # RGB, RGBA, P (palette), CMYK, YCbCr, ...: to RGB, then gray.
-    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
-    spread = float(np.max(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)))) if rgb.size else 0.0
+    rgb_img = img.convert("RGB")
+    rgb = np.asarray(rgb_img, dtype=np.int16)
+    spread = int(max(np.abs(rgb[..., 0] - rgb[..., 1]).max(), np.abs(rgb[..., 1] - rgb[..., 2]).max())) if rgb.size else 0
     # JPEG chroma noise makes gray-in-RGB channels differ by a few levels; more means real colour.
-    is_gray = spread <= 3.0
+    is_gray = spread <= 6
     info.update(bit_depth=8, color="rgb_gray" if is_gray else "rgb_color")
     if mode in ("RGBA", "PA", "LA"):
         info["dropped_alpha"] = True
     if not is_gray:
-        logger.warning("%s: a colour image (channels differ by up to %.0f levels); converted to gray by luma",
+        logger.warning("%s: a colour image (channels differ by up to %d levels); converted to gray by luma",
                        p.name, spread)
-    gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return (gray / 255.0).clip(0, 1).astype(np.float32), info
+    gray = np.asarray(rgb_img.convert("L"), dtype=np.float32)  # ITU-R 601 luma
+    gray *= np.float32(1 / 255)
+    return gray, info
