@@ -274,6 +274,13 @@ def _anatomy(scene: _Scene, cardiomegaly: str | None, tex_rng: np.random.Generat
     spine = _inside(np.abs(x1 - mid) - 0.032, 2 * px)
     canvas += an.bone * (ribs * (1 - 0.5 * dense) + 0.5 * spine) * body + 0.1 * hila * (lung + dense * 0.3)
 
+    if an.breast > 0:
+        # Breast shadows: soft-tissue density over the lower lateral chest with a curved lower edge.
+        for sgn in (-1.0, 1.0):
+            bx, by = mid + sgn * 0.26 * an.thorax_scale, 0.74 + an.dy
+            shadow = _inside(np.sqrt(np.square((x1 - bx) / 0.2) + np.square((y1 - by) / 0.13)) - 1, 0.15)
+            canvas += an.breast * shadow * body
+
     if an.gastric_bubble:
         gx = scene.left.cx - 0.02
         gy = an.dome_left + 0.075

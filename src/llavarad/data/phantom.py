@@ -211,6 +211,7 @@ class AnatomySpec:
     noise: float = 0.018
     exposure_tilt: float = 0.0
     gastric_bubble: bool = True
+    breast: float = 0.0  # density of breast shadows (0 = none)
     texture_seed: int = 0
 
 
@@ -263,6 +264,8 @@ def sample_spec(rng: np.random.Generator, config: PhantomConfig) -> PhantomSpec:
         gamma=_u(rng, 1.0, 0.15, v), noise=max(0.0, _u(rng, 0.018, 0.01, v)), exposure_tilt=_u(rng, 0.0, 0.12, v),
         gastric_bubble=bool(rng.random() < 0.7), texture_seed=int(rng.integers(0, 2**31 - 1)),
     )
+    breast_draw = rng.random(2)  # always two draws, so the findings below do not depend on v
+    an.breast = float(0.03 + 0.04 * breast_draw[1]) * min(v, 1.0) if breast_draw[0] < 0.4 else 0.0
     present: list[str] = []
     if rng.random() >= config.normal_fraction:
         q = _draw_probabilities(config)
