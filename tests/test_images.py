@@ -268,6 +268,21 @@ def test_multiframe_uses_first_frame_with_warning(tmp_path: Path, caplog):
     np.testing.assert_allclose(cxr.array, _pydicom_reference(_cr_dataset()), atol=1e-6)
 
 
+def test_rgb_dicom_becomes_gray(tmp_path: Path):
+    """A secondary-capture style RGB DICOM (gray replicated in 3 samples) reads like its gray source."""
+    ds = _cr_dataset()
+    gray8 = (ds.pixel_array >> 2).astype("uint8")  # 10-bit -> 8-bit
+    ds.PixelData = np.repeat(gray8[..., None], 3, axis=-1).tobytes()
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds["PixelData"].VR = "OB"
+    for key in ("WindowCenter", "WindowWidth"):
+        del ds[key]
+    cxr = read_cxr(_save(ds, tmp_path / "rgb.dcm"))
+    assert cxr.metadata["color"] == "rgb_gray" and cxr.metadata["inverted"] is False
+    np.testing.assert_allclose(cxr.array, gray8 / 255.0, atol=1e-6)
+
+
 def test_lateral_views_warn(tmp_path: Path, caplog):
     ds = _cr_dataset()
     ds.ViewPosition = "LL"

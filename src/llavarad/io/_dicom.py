@@ -147,20 +147,22 @@ def _modality_range(ds) -> tuple[float, float]:
     return min(a, b), max(a, b)
 
 
-def _to_gray(arr: np.ndarray, ds, meta: dict[str, Any]) -> np.ndarray:
-    """Colour pixel data (RGB, YBR, palette) -> luma; records what was done."""
+def _to_gray(arr: np.ndarray, ds, meta: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """Colour pixel data (RGB, YBR, palette) -> ``(luma, largest possible value)``; records what was done."""
     from pydicom.pixels import apply_color_lut
 
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    top = float(2 ** int(ds.get("BitsStored", 8) or 8) - 1)
     if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
+        arr = apply_color_lut(arr, ds)  # uint8 or uint16 RGB, per the LUT descriptor's bit depth
+        top = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
     # pydicom's decoders already return RGB for YBR_FULL(_422) and JPEG 2000's YBR_ICT/RCT.
     rgb = arr.astype(np.float64)
     spread = float(np.max(np.abs(rgb - rgb.mean(axis=-1, keepdims=True))))
-    meta["color"] = "rgb_gray" if spread <= 3 else "rgb_color"
+    meta["color"] = "rgb_gray" if spread <= 3 * (top + 1) / 256 else "rgb_color"
     if meta["color"] == "rgb_color":
         logger.warning("colour DICOM (%s): converted to gray by luma; a radiograph is expected", photometric)
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114, top
 
 
 def render_dicom(path: Path, *, max_pixels: int, min_side: int,
@@ -228,9 +230,9 @@ def render_dicom(path: Path, *, max_pixels: int, min_side: int,
         raise DicomRenderError(f"decoded pixels are {stored.shape}, header says {rows}x{cols}: corrupt pixel data")
 
     photometric = str(ds.PhotometricInterpretation).upper().strip()
-    if stored.ndim == 3:
-        gray = _to_gray(stored, ds, meta)
-        lo, hi = (0.0, float(2 ** int(ds.get("BitsStored", 8)) - 1))
+    if stored.ndim == 3 or photometric == "PALETTE COLOR":
+        gray, top = _to_gray(stored, ds, meta)
+        lo, hi = 0.0, top
         arr = np.clip((gray - lo) / (hi - lo), 0.0, 1.0)
         meta["window"] = {"source": "bits", "low": lo, "high": hi}
         meta["inverted"] = False
