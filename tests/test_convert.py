@@ -226,6 +226,29 @@ def test_safetensors_adapter_and_bf16_output(parts, tmp_path):
     assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
 
 
+def test_bin_shards_of_the_base_give_the_same_model(parts, merged, tmp_path):
+    """Vicuna's hub folder ships pytorch_model-*.bin shards: read memory-mapped, weights_only."""
+    from safetensors.torch import load_file
+
+    from llavarad.model.build import load_model
+
+    _, base, release = parts
+    bin_base = tmp_path / "vicuna_bin"
+    shutil.copytree(base, bin_base)
+    state = {}
+    for f in sorted(bin_base.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+        f.unlink()
+    keys = sorted(state)
+    torch.save({k: state[k] for k in keys[: len(keys) // 2]}, bin_base / "pytorch_model-00001-of-00002.bin")
+    torch.save({k: state[k] for k in keys[len(keys) // 2:]}, bin_base / "pytorch_model-00002-of-00002.bin")
+    convert_release(release, bin_base, tmp_path / "from_bin", dtype="float32", preset="tiny")
+    got = load_model(tmp_path / "from_bin", device="cpu", dtype="float32").model.state_dict()
+    want = load_model(merged[0], device="cpu", dtype="float32").model.state_dict()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=0, rtol=0)
+
+
 # ---- clear errors ---------------------------------------------------------------------------------
 
 
