@@ -43,6 +43,7 @@ class GenerationSettings:
     """How reports are generated; recorded in every output row. Defaults follow the paper."""
 
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # >0 only for benchmarks that need a fixed amount of work
     batch_size: int = 8
     prompt_format: str | None = None  # None: the model folder's own format
     num_beams: int = 1
@@ -96,6 +97,7 @@ def _generate_batch(bundle: ModelBundle, images: Sequence[Image.Image], indicati
             attention_mask=attention_mask.to(device),
             pixel_values=pixel_values,
             max_new_tokens=settings.max_new_tokens,
+            min_new_tokens=settings.min_new_tokens or None,
             do_sample=False,
             num_beams=settings.num_beams,
             repetition_penalty=settings.repetition_penalty,
