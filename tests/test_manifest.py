@@ -99,3 +99,11 @@ def test_writer_survives_sigkill(tmp_path):
     w.close()
     ids = [json.loads(l)["id"] for l in path.read_text().splitlines()]
     assert n > 0 and ids == [str(i) for i in range(n)]
+
+
+def test_writer_refuses_to_cut_rows_after_a_damaged_line(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "a"}\n{broken\n{"id": "b"}\n')
+    with pytest.raises(ManifestError, match=":2: not valid JSON"):
+        JsonlWriter(path)
+    assert path.read_text().count("\n") == 3

@@ -160,20 +160,19 @@ def read_jsonl(path: str | Path, *, skip_torn_tail: bool = True) -> Iterator[tup
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open("rb") as fh:
-        lines = fh.read().split(b"\n")
-    last_index = len(lines) - 1
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            if skip_torn_tail and i == last_index:
-                logger.warning("%s:%d: ignoring an incomplete last line (interrupted write)", path, i + 1)
-                return
-            raise ManifestError(path, i + 1, None, f"not valid JSON ({exc})") from exc
-        yield i + 1, obj
+    with path.open("rb") as fh:  # streamed line by line: constant memory for any size
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                # Only the final line can lack its newline; that is what an interrupted write leaves.
+                if skip_torn_tail and not raw.endswith(b"\n"):
+                    logger.warning("%s:%d: ignoring an incomplete last line (interrupted write)", path, number)
+                    return
+                raise ManifestError(path, number, None, f"not valid JSON ({exc})") from exc
+            yield number, obj
 
 
 def iter_manifest(path: str | Path) -> Iterator[ManifestRecord]:
@@ -224,25 +223,28 @@ class JsonlWriter:
         self._fh = self.path.open("ab")
 
     def _repair_and_scan(self) -> None:
-        data = self.path.read_bytes()
         good_end = 0
-        pos = 0
-        while pos < len(data):
-            nl = data.find(b"\n", pos)
-            if nl == -1:
-                break  # torn tail: no newline
-            raw = data[pos:nl]
-            if raw.strip():
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    break
-                if isinstance(obj, dict) and self.key in obj:
-                    self.done.add(str(obj[self.key]))
-            good_end = nl + 1
-            pos = nl + 1
-        if good_end < len(data):
-            logger.warning("%s: dropping %d bytes of an interrupted write", self.path, len(data) - good_end)
+        bad_line: int | None = None
+        with self.path.open("rb") as fh:  # streamed: resuming a huge output needs no big buffer
+            for number, raw in enumerate(fh, start=1):
+                if bad_line is not None:
+                    if raw.strip():  # damage before the end is not an interrupted write: never cut good rows
+                        raise ManifestError(self.path, bad_line, None, "not valid JSON; repair or remove this line to resume")
+                    continue
+                if not raw.endswith(b"\n"):
+                    break  # torn tail: no newline
+                if raw.strip():
+                    try:
+                        obj = json.loads(raw.decode("utf-8"))
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        bad_line = number
+                        continue
+                    if isinstance(obj, dict) and self.key in obj:
+                        self.done.add(str(obj[self.key]))
+                good_end += len(raw)
+        size = self.path.stat().st_size
+        if good_end < size:
+            logger.warning("%s: dropping %d bytes of an interrupted write", self.path, size - good_end)
             with self.path.open("r+b") as fh:
                 fh.truncate(good_end)
 
