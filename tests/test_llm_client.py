@@ -282,3 +282,10 @@ def test_parse_retry_after_formats():
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     assert 25 <= parse_retry_after(future) <= 31
+
+
+def test_corrupt_cache_file_is_named(tmp_path):
+    bad = tmp_path / "cache.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ValueError, match="cache.sqlite.*not a usable SQLite file"):
+        LLMClient(LLMConfig(backend="openai_compatible", base_url="http://127.0.0.1:9/v1", cache_path=str(bad)))

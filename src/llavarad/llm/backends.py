@@ -64,7 +64,9 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class HttpBackend:
-    """OpenAI chat-completions protocol over httpx, for the openai, azure and openai_compatible backends."""
+    """OpenAI chat-completions protocol over httpx, for the openai, azure and openai_compatible backends.
+
+    Construction raises ``ValueError`` for settings that cannot work (no base_url, no API key)."""
 
     def __init__(self, cfg: LLMConfig):
         import httpx
@@ -73,17 +75,17 @@ class HttpBackend:
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         headers = {"Content-Type": "application/json"}
         if cfg.backend == "openai_compatible" and not cfg.base_url:
-            raise PermanentError(
+            raise ValueError(
                 "backend='openai_compatible' needs base_url, e.g. http://127.0.0.1:8000/v1 (vLLM), "
                 "http://127.0.0.1:11434/v1 (Ollama) or http://127.0.0.1:8080/v1 (llama.cpp server)"
             )
         if cfg.backend == "openai" and not key:
-            raise PermanentError(
+            raise ValueError(
                 f"backend='openai' needs an API key in the environment variable {cfg.api_key_env!r} (set it, or set api_key_env)"
             )
         if cfg.backend == "azure":
             if not key:
-                raise PermanentError(f"backend='azure' needs an API key in the environment variable {cfg.api_key_env!r}")
+                raise ValueError(f"backend='azure' needs an API key in the environment variable {cfg.api_key_env!r}")
             headers["api-key"] = key
             base = str(cfg.base_url).rstrip("/")
             self.url = f"{base}/openai/deployments/{cfg.deployment}/chat/completions"
