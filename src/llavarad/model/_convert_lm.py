@@ -61,14 +61,22 @@ class LoraAdapter:
         a, b = self.a[module].float(), self.b[module].float()
         return (b @ a) * self.scale(module)
 
-    def merge_into(self, module: str, weight):
-        """``weight + scale * B @ A`` computed in float32 (one temporary, updated in place), returned in
-        ``weight``'s dtype; ``weight`` is ``(out, in)``."""
-        merged = weight.float()  # copies when weight is half precision; cloned below otherwise
-        if merged.data_ptr() == weight.data_ptr():
-            merged = merged.clone()
-        merged.addmm_(self.b[module].float(), self.a[module].float(), alpha=self.scale(module))
-        return merged.to(weight.dtype)
+    def merge_into(self, module: str, weight, block_rows: int = 1024):
+        """``weight + scale * B @ A`` computed in float32, returned in ``weight``'s dtype; ``weight`` is
+        ``(out, in)``. Works through blocks of rows so the float32 temporaries stay small (16 MiB for a
+        4096-wide 7B layer) instead of a full float32 copy of each matrix."""
+        import torch
+
+        a = self.a[module].float()
+        b = self.b[module].float()
+        scale = self.scale(module)
+        out = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        for start in range(0, weight.shape[0], block_rows):
+            stop = min(start + block_rows, weight.shape[0])
+            block = weight[start:stop].to(torch.float32, copy=True)
+            block.addmm_(b[start:stop], a, alpha=scale)
+            out[start:stop] = block
+        return out
 
     def targets_name(self, module: str) -> bool:
         """Whether peft would put a LoRA layer on ``module`` given ``target_modules``."""
