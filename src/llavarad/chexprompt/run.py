@@ -97,7 +97,7 @@ def run_chexprompt(
             "confidence": cfg.confidence,
             "llm": llm_settings,
         },
-        "versions": package_versions("httpx", "numpy", "transformers" if cfg.llm.backend == "transformers" else "httpx"),
+        "versions": package_versions("httpx", "numpy", *(("torch", "transformers") if cfg.llm.backend == "transformers" else ())),
         "usage": {
             "this_run": stats,
             "total_tokens_recorded": {k: sum(int((r.get("usage") or {}).get(k, 0)) for r in rows)
