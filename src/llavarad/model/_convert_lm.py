@@ -56,11 +56,6 @@ class LoraAdapter:
         r = int(self.a[module].shape[0])
         return self.alpha / (math.sqrt(r) if self.use_rslora else r)
 
-    def delta(self, module: str):
-        """``scale * B @ A`` in float32, shape ``(out, in)``."""
-        a, b = self.a[module].float(), self.b[module].float()
-        return (b @ a) * self.scale(module)
-
     def merge_into(self, module: str, weight, block_rows: int = 1024):
         """``weight + scale * B @ A`` computed in float32, returned in ``weight``'s dtype; ``weight`` is
         ``(out, in)``. Works through blocks of rows so the float32 temporaries stay small (16 MiB for a
