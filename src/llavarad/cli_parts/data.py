@@ -253,14 +253,17 @@ def _run_llm(ctx: click.Context, task: str, kw: dict[str, Any]) -> None:
                             ("model_path", "model_path"), ("concurrency", "concurrency"),
                             ("rpm", "requests_per_minute"), ("tpm", "tokens_per_minute")):
         if kw.get(opt) is not None:
-            overrides.append(f"{field_name}={kw[opt]}")
+            value = kw[opt]
+            # JSON-quote strings so values like "yes" or "1e3" stay strings when parsed as YAML
+            overrides.append(f"{field_name}={json.dumps(value) if isinstance(value, str) else value}")
     out: Path = kw["out"]
-    overrides.append(f"cache_path={kw['cache'] or out.parent / 'llm_cache.sqlite'}")
+    overrides.append(f"cache_path={json.dumps(str(kw['cache'] or out.parent / 'llm_cache.sqlite'))}")
     try:
         cfg = load_config(LLMConfig, kw["config_path"], overrides)
-    except ConfigError as exc:
+        client = LLMClient(cfg)
+    except (ConfigError, ValueError) as exc:  # e.g. a missing base URL or API key: say which, no traceback
         raise click.ClickException(str(exc)) from exc
-    with LLMClient(cfg) as client, _progress(task) as bar:
+    with client, _progress(task) as bar:
         t = bar.add_task("reports", total=None)
         try:
             summary = run_llm_step(iter_manifest(kw["manifest"]), out, client, task,  # type: ignore[arg-type]
