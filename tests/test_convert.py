@@ -168,6 +168,8 @@ def test_converted_folder_loads_and_generates(parts, merged):
     meta = json.loads((out / "llavarad.json").read_text())
     assert meta["prompt_format"] == "v1" and meta["init"]["kind"] == "convert"
     assert meta["init"]["release_config"]["mm_projector_type"] == "mlp2x_gelu"
+    # the fake release says image_aspect_ratio="pad": the converted model preprocesses the same way
+    assert meta["image_aspect_ratio"] == "pad" and bundle.image_aspect_ratio == "pad"
     tok = bundle.tokenizer
     assert tok.convert_tokens_to_ids("<image>") == bundle.image_token_id == report.image_token_id == len(tok) - 1
     assert tok.pad_token_id == tok.unk_token_id

@@ -126,3 +126,21 @@ def test_image_preprocessing_matches_reference(shape):
     assert tuple(pv.shape) == (1, 3, 518, 518)
     ref = _reference_preprocess(img, 518)
     assert np.abs(pv[0].numpy() - ref).max() < 1e-4
+
+
+def test_pad_aspect_pads_to_square_with_the_mean_colour():
+    from llavarad.model.processor import pad_to_square
+
+    img = Image.new("L", (100, 50), color=255)
+    sq = pad_to_square(img)
+    assert sq.size == (100, 100)
+    assert sq.getpixel((50, 10)) == tuple(int(round(c * 255)) for c in CLIP_MEAN)
+    assert sq.getpixel((50, 50)) == (255, 255, 255)
+    proc = build_image_processor(56)
+    padded = pixel_values_for([img], proc, aspect="pad")
+    cropped = pixel_values_for([img], proc)
+    assert padded.shape == cropped.shape and not np.allclose(padded.numpy(), cropped.numpy())
+    # the padded border is the normalised mean colour, i.e. ~0 after normalisation
+    assert np.abs(padded[0, :, 2, 28].numpy()).max() < 0.02
+    with pytest.raises(ValueError, match="'stretch'"):
+        pixel_values_for([img], proc, aspect="stretch")

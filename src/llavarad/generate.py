@@ -90,7 +90,7 @@ def _generate_batch(bundle: ModelBundle, images: Sequence[Image.Image], indicati
         attention_mask[i, width - len(ids):] = 1
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    pixel_values = pixel_values_for(list(images), bundle.image_processor).to(device=device, dtype=dtype)
+    pixel_values = pixel_values_for(list(images), bundle.image_processor, bundle.image_aspect_ratio).to(device=device, dtype=dtype)
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids.to(device),

@@ -29,6 +29,7 @@ __all__ = [
     "init_from_parts",
     "init_random",
     "load_model",
+    "make_meta",
     "resolve_device_dtype",
     "save_model",
     "versions",
@@ -63,6 +64,11 @@ class ModelBundle:
     @property
     def num_image_tokens(self) -> int:
         return self.preset.num_image_tokens
+
+    @property
+    def image_aspect_ratio(self) -> str:
+        """'crop' (shortest side + centre crop) or 'pad' (pad to square first), as the model was trained."""
+        return str(self.meta.get("image_aspect_ratio", "crop"))
 
     @property
     def prompt_format(self) -> str:
@@ -135,7 +141,8 @@ def build_llava_config(preset: ModelPreset, *, vocab_size: int, image_token_id: 
     )
 
 
-def _make_meta(preset: ModelPreset, tokenizer, prompt_format: str, image_token_id: int, **extra: Any) -> dict[str, Any]:
+def make_meta(preset: ModelPreset, tokenizer, prompt_format: str, image_token_id: int, **extra: Any) -> dict[str, Any]:
+    """The content of ``llavarad.json``; ``extra`` keys (e.g. ``init``, ``image_aspect_ratio``) are added."""
     meta = {
         "format_version": FORMAT_VERSION,
         "preset": preset.to_dict(),
@@ -143,6 +150,7 @@ def _make_meta(preset: ModelPreset, tokenizer, prompt_format: str, image_token_i
         "image_token": "<image>",
         "image_token_id": image_token_id,
         "num_image_tokens": preset.num_image_tokens,
+        "image_aspect_ratio": "crop",
         "pad_token_id": tokenizer.pad_token_id,
         "train_config": None,
         "versions": versions(),
@@ -179,7 +187,7 @@ def init_random(preset: ModelPreset | str, *, seed: int = 0, tokenizer=None, pro
     image_processor = build_image_processor(preset.image_size)
     fmt = prompt_format or preset.prompt_format
     return ModelBundle(model, tokenizer, image_processor, preset,
-                       _make_meta(preset, tokenizer, fmt, image_token_id, init={"kind": "random", "seed": seed}))
+                       make_meta(preset, tokenizer, fmt, image_token_id, init={"kind": "random", "seed": seed}))
 
 
 def init_from_parts(vision_dir: str | Path, lm_dir: str | Path, *, preset: ModelPreset | str = "llava-rad-7b",
@@ -232,7 +240,7 @@ def init_from_parts(vision_dir: str | Path, lm_dir: str | Path, *, preset: Model
         model.to(dtype)
     model.eval()
     image_processor = build_image_processor(preset.image_size)
-    meta = _make_meta(merged_preset, tokenizer, prompt_format, image_token_id,
+    meta = make_meta(merged_preset, tokenizer, prompt_format, image_token_id,
                       init={"kind": "parts", "vision": str(vision_dir), "language_model": str(lm_dir), "seed": seed})
     return ModelBundle(model, tokenizer, image_processor, merged_preset, meta)
 

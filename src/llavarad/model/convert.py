@@ -262,7 +262,7 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoTokenizer, LlavaForConditionalGeneration
 
-    from llavarad.model.build import ModelBundle, _make_meta, build_llava_config, save_model
+    from llavarad.model.build import ModelBundle, make_meta, build_llava_config, save_model
     from llavarad.model.presets import ModelPreset, load_preset
     from llavarad.model.processor import build_image_processor
     from llavarad.model.tokenizer import add_image_token
@@ -357,7 +357,9 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
                            base_tensors=n_base, lora_modules=len(adapter.a), lora="adapter" if keep_lora else "merged",
                            lora_scale=adapter.scale(next(iter(adapter.a))) if adapter.a else None,
                            vocab_size=new_vocab, image_token_id=image_token_id)
-    meta = _make_meta(merged_preset, tokenizer, "v1", image_token_id,
+    # LLaVA's "pad" pads to a square before resizing; anything else is the shortest-side crop.
+    aspect = "pad" if release_cfg.get("image_aspect_ratio") == "pad" else "crop"
+    meta = make_meta(merged_preset, tokenizer, "v1", image_token_id, image_aspect_ratio=aspect,
                       init={"kind": "convert", "release": str(Path(release_dir)), "base": str(base),
                             "release_config": release_cfg, "report": report.to_dict()})
     bundle = ModelBundle(model, tokenizer, build_image_processor(merged_preset.image_size), merged_preset, meta)

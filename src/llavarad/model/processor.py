@@ -27,6 +27,7 @@ __all__ = [
     "SequenceTooLongError",
     "build_image_processor",
     "build_processor",
+    "pad_to_square",
     "encode_example",
     "pixel_values_for",
     "tokenize_prompt",
@@ -101,8 +102,31 @@ def build_processor(image_processor, tokenizer, patch_size: int):
     )
 
 
-def pixel_values_for(images: list[Image.Image], image_processor) -> torch.Tensor:
-    """Preprocess PIL images to a ``(batch, 3, size, size)`` float32 tensor."""
+def pad_to_square(image: Image.Image) -> Image.Image:
+    """LLaVA's ``image_aspect_ratio="pad"``: centre the image on a square of the CLIP mean colour."""
+    from PIL import Image as _Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    fill = tuple(int(round(c * 255)) for c in CLIP_MEAN)
+    canvas = _Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def pixel_values_for(images: list[Image.Image], image_processor, aspect: str = "crop") -> torch.Tensor:
+    """Preprocess PIL images to a ``(batch, 3, size, size)`` float32 tensor.
+
+    ``aspect="crop"`` (default): shortest side to size, centre crop. ``aspect="pad"``: pad to a square
+    first, as LLaVA models trained with ``image_aspect_ratio="pad"`` expect (recorded by ``convert``).
+    """
+    if aspect == "pad":
+        images = [pad_to_square(img) for img in images]
+    elif aspect != "crop":
+        raise ValueError(f"image aspect handling {aspect!r} must be 'crop' or 'pad'")
     out = image_processor(images=images, return_tensors="pt")
     return out["pixel_values"]
 
