@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -448,7 +449,11 @@ def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     padded = local
     if local.shape[0] < biggest:  # all_gather needs equal shapes: pad, gather, cut the padding off
         padded = torch.cat([local, local.new_zeros(biggest - local.shape[0], *local.shape[1:])])
-    parts = all_gather(padded)
+    with warnings.catch_warnings():
+        # torch 2.13 marks this autograd-aware gather deprecated in favour of a private API; it is
+        # still the public way to gather with gradients, so keep it and keep the log readable.
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(padded)
     full = torch.cat([p[:n] for p, n in zip(parts, sizes_l)])
     return full, sum(sizes_l[:rank])
 

@@ -483,7 +483,7 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
         save_config(cfg, out / "stage1_config.yaml")
 
     pairs, skipped = load_pairs(cfg.manifest, cfg.splits)
-    if skipped:
+    if skipped and main:
         logger.warning("%d of %d records in %s have no findings or impression (or a duplicate id) and are left out; "
                        "see %s", len(skipped), len(skipped) + len(pairs), cfg.manifest, out / "skipped_records.jsonl")
         if main:
@@ -498,7 +498,7 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
     val_pairs: list[Pair] = []
     if cfg.val_manifest:
         val_pairs, val_skipped = load_pairs(cfg.val_manifest, cfg.val_splits)
-        if val_skipped:
+        if val_skipped and main:
             logger.warning("%d validation records have no text and are left out", len(val_skipped))
 
     torch.manual_seed(cfg.seed)
@@ -536,8 +536,9 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
     accelerator.register_for_checkpointing(scheduler, state)
     if existing and cfg.resume == "auto":
         accelerator.load_state(str(existing[-1]))
-        logger.info("resumed from %s (step %d, epoch %d, batch %d)", existing[-1], state.global_step, state.epoch,
-                    state.batches_in_epoch)
+        if main:
+            logger.info("resumed from %s (step %d, epoch %d, batch %d)", existing[-1], state.global_step,
+                        state.epoch, state.batches_in_epoch)
     dropped = len(pairs) - batches_per_epoch * global_batch
     if main:
         logger.info("%d optimizer steps (%d per epoch, %d epochs), global batch %d, warm-up %d; %d pairs per epoch "
@@ -581,6 +582,7 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
                 state.samples_seen += int(stats["global_batch"])
                 if not accelerator.sync_gradients:
                     continue
+                step_lr = scheduler.get_last_lr()[0]  # the lr this step was taken with
                 scheduler.step()
                 with torch.no_grad():
                     unwrapped.logit_scale.clamp_(0.0, max_log_scale)
@@ -591,7 +593,7 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
                     mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
                     elapsed = time.perf_counter() - t_start
                     row = {"row": f"train:{step}", "step": step, "epoch": epoch, "loss": round(mean_loss, 6),
-                           "lr": scheduler.get_last_lr()[0], "logit_scale": float(unwrapped.logit_scale.detach()),
+                           "lr": step_lr, "logit_scale": float(unwrapped.logit_scale.detach()),
                            "temperature": 1.0 / float(unwrapped.scale().detach()), "acc_i2t": stats["acc_i2t"],
                            "acc_t2i": stats["acc_t2i"], "global_batch": int(stats["global_batch"]),
                            "samples_per_s": round((state.samples_seen - samples_at_start) / max(elapsed, 1e-9), 3)}
