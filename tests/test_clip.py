@@ -233,7 +233,7 @@ def test_per_process_shares_average_to_the_global_loss_and_gradients():
     assert torch.allclose(g_img, img.grad, atol=1e-7) and torch.allclose(g_txt, txt.grad, atol=1e-7)
 
 
-@pytest.mark.slow  # two spawned Python processes: ~15 s on 2 cores
+# two spawned Python processes: ~3 s on an idle machine
 def test_gather_with_grad_equals_one_big_batch(tmp_path):
     import torch.multiprocessing as mp
 
@@ -246,6 +246,6 @@ def test_gather_with_grad_equals_one_big_batch(tmp_path):
                                torch.tensor(10.0))
     loss.backward()
     parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    assert parts[0]["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert parts[0]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
     assert torch.allclose(torch.cat([p["g_img"] for p in parts]), img.grad, atol=1e-6)
     assert torch.allclose(torch.cat([p["g_txt"] for p in parts]), txt.grad, atol=1e-6)
