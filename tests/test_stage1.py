@@ -71,7 +71,8 @@ def test_load_pairs_reports_records_without_text(phantom_manifest):
 
 
 def test_tiny_run_writes_clip_folder_and_records_bad_input(phantom_manifest, tmp_path):
-    out = run_stage1(_cfg(phantom_manifest, tmp_path / "run", max_steps=6))
+    out = run_stage1(_cfg(phantom_manifest, tmp_path / "run", max_steps=6, val_manifest=str(phantom_manifest),
+                          val_splits=["validate", "test"]))
     for name in ("clip_config.json", "heads.safetensors", "image_encoder/config.json", "image_encoder/model.safetensors",
                  "text_encoder/tokenizer.json", "stage1_config.yaml", "summary.json", "train_log.jsonl"):
         assert (out / name).is_file(), name
@@ -86,6 +87,9 @@ def test_tiny_run_writes_clip_folder_and_records_bad_input(phantom_manifest, tmp
     assert all(r["loss"] > 0 and r["lr"] >= 0 and 0 < r["temperature"] < 1 for r in steps)
     assert steps[0]["lr"] == pytest.approx(1e-3)  # after one warm-up step
     assert steps[-1]["lr"] < steps[1]["lr"]  # cosine decay
+    val = [r for r in log if r["row"].startswith("val:")]
+    assert val and val[-1]["step"] == 6 and val[-1]["val_n"] >= 2 and val[-1]["val_loss"] > 0
+    assert 0.0 <= val[-1]["val_i2t_R@1"] <= val[-1]["val_i2t_R@5"] <= 1.0
     # the exported image tower is a plain Dinov2 folder equal to the CLIP's image tower
     from transformers import Dinov2Model
 

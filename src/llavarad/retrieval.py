@@ -49,6 +49,7 @@ __all__ = [
     "load_retrieval_pairs",
     "rank_metrics",
     "run_retrieval",
+    "validation_metrics",
     "write_tables",
 ]
 
@@ -225,6 +226,26 @@ def rank_metrics(ranks: np.ndarray, *, n_resamples: int = 500, seed: int = 0,
     out["mean_rank"] = {"value": value, "ci_low": low, "ci_high": high}
     value, low, high = bootstrap_ci(lambda idx: float(np.median(ranks[idx])), ranks.size, n_resamples, seed, confidence)
     out["median_rank"] = {"value": value, "ci_low": low, "ci_high": high}
+    return out
+
+
+def validation_metrics(clip, items: Sequence[tuple[str, str, str]], batch_size: int = 32) -> dict[str, float]:
+    """Stage 1's per-epoch check: contrastive loss of the whole validation set as one batch, and
+    pair-wise Recall@1/5 (fractions) in both directions. Keys are prefixed ``val_``."""
+    import torch
+
+    enc = encode_pairs(clip, items, batch_size=batch_size)
+    out = {"val_n": float(len(enc.ids)), "val_failed": float(len(enc.failures))}
+    if not enc.ids:
+        return out
+    img, txt = torch.from_numpy(enc.image), torch.from_numpy(enc.text)
+    logits = float(clip.scale().detach()) * img @ txt.t()
+    labels = torch.arange(img.shape[0])
+    ce = torch.nn.functional.cross_entropy
+    out["val_loss"] = float(0.5 * (ce(logits, labels) + ce(logits.t(), labels)))
+    for direction, r in compute_ranks(enc.image, enc.text, enc.texts, positives="pair").items():
+        for k in (1, 5):
+            out[f"val_{direction}_R@{k}"] = float((r <= k).mean())
     return out
 
 

@@ -429,28 +429,6 @@ def _build_model(cfg: Stage1Config, corpus: list[str], tokenizer=None):
                      logit_scale_init=cfg.logit_scale_init, logit_scale_max=cfg.logit_scale_max, seed=cfg.seed)
 
 
-def _validate(model, pairs: list[Pair], batch_size: int) -> dict[str, float]:
-    """Validation loss and recall@1/5 of the whole validation set against itself."""
-    from llavarad.retrieval import compute_ranks, encode_pairs
-
-    enc = encode_pairs(model, [(p.id, p.image, p.text) for p in pairs], batch_size=batch_size)
-    if enc.image.shape[0] == 0:
-        return {"val_n": 0.0}
-    import torch
-
-    img, txt = torch.from_numpy(enc.image), torch.from_numpy(enc.text)
-    scale = float(model.scale().detach())
-    logits = scale * img @ txt.t()
-    labels = torch.arange(img.shape[0])
-    loss = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels))
-    ranks = compute_ranks(enc.image, enc.text, enc.texts, positives="pair")
-    out = {"val_n": float(img.shape[0]), "val_loss": float(loss), "val_failed": float(len(enc.failures))}
-    for direction, r in ranks.items():
-        for k in (1, 5):
-            out[f"val_{direction}_R@{k}"] = float((r <= k).mean())
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # The stage
 # ----------------------------------------------------------------------------------------------
@@ -468,6 +446,7 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
     from torch.utils.data import DataLoader
 
     from llavarad.model.clip import contrastive_loss, save_clip
+    from llavarad.retrieval import validation_metrics
 
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
@@ -552,6 +531,22 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
     n_bad = n_truncated = 0
     stop_at = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
     t_start, samples_at_start = time.perf_counter(), state.samples_seen
+    last_val_step = -1
+
+    def validate(tag: str) -> None:
+        nonlocal last_val_step
+        if main:
+            model.eval()
+            metrics = validation_metrics(unwrapped, [(p.id, p.image, p.text) for p in val_pairs],
+                                         cfg.per_device_batch_size)
+            logger.info("validation (%s, step %d): %s", tag, state.global_step, metrics)
+            row = {"row": tag, "step": state.global_step, "epoch": state.epoch, **metrics}
+            if tag not in log.done:
+                log.write(row)
+            model.train()
+        last_val_step = state.global_step
+        accelerator.wait_for_everyone()
+
     try:
         while state.global_step < stop_at:
             epoch = state.epoch
@@ -611,16 +606,11 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
                 state.epoch += 1
                 state.batches_in_epoch = 0
                 if val_pairs and (state.epoch % cfg.eval_every_epochs == 0 or state.global_step >= total_steps):
-                    if main:
-                        model.eval()
-                        metrics = _validate(unwrapped, val_pairs, cfg.per_device_batch_size)
-                        row = {"row": f"val:{state.epoch}", "step": state.global_step, "epoch": state.epoch, **metrics}
-                        logger.info("validation after epoch %d: %s", state.epoch, metrics)
-                        if row["row"] not in log.done:
-                            log.write(row)
-                    accelerator.wait_for_everyone()
+                    validate(f"val:{state.epoch}")
             if state.global_step >= stop_at:
                 break
+        if val_pairs and state.global_step >= total_steps and last_val_step != state.global_step:
+            validate("val:final")  # training ended mid-epoch
         _save_checkpoint(accelerator, out, state.global_step, cfg.keep_checkpoints)
     finally:
         if log is not None:
