@@ -141,7 +141,8 @@ def _ddp_worker(rank: int, world: int, port: int, manifest: str, out: str) -> No
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), ACCELERATE_USE_CPU="true")
-    run_stage1(_cfg(Path(manifest), Path(out), per_device_batch_size=4, max_steps=4))
+    run_stage1(_cfg(Path(manifest), Path(out), per_device_batch_size=4, max_steps=4, val_manifest=manifest,
+                    val_splits=["validate", "test"]))
 
 
 @pytest.mark.slow  # two spawned training processes: ~30 s on 2 cores
@@ -157,7 +158,9 @@ def test_two_process_run_equals_one_process_with_the_global_batch(phantom_manife
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(phantom_manifest), str(tmp_path / "ddp")), nprocs=2, join=True)
     single = run_stage1(_cfg(phantom_manifest, tmp_path / "single", per_device_batch_size=8, max_steps=4))
-    ddp_log = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
+    ddp_rows = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
+    ddp_log = [r for r in ddp_rows if "loss" in r]
+    assert [r["row"] for r in ddp_rows if r["row"].startswith("val")] == ["val:final"]
     one_log = [json.loads(line) for line in (single / "train_log.jsonl").read_text().splitlines()]
     # the broken image may fall in a batch: then both runs see 7 pairs there (uneven shards are exact too)
     assert [r["global_batch"] for r in ddp_log] == [r["global_batch"] for r in one_log]
