@@ -40,11 +40,14 @@ def _run_stage(stage: str, config: Path, overrides: tuple[str, ...]) -> Path:
 
     if stage == "stage1":
         try:
-            from llavarad.train.stage1_encoder import Stage1Config, run_stage1
+            from llavarad.train.stage1_encoder import Stage1Config, Stage1Error, run_stage1
         except ImportError as exc:
             raise click.ClickException(f"stage 1 is not available in this installation ({exc})") from exc
         cfg = _load(Stage1Config, config, overrides)
-        return Path(run_stage1(cfg))
+        try:
+            return Path(run_stage1(cfg))
+        except (Stage1Error, FileNotFoundError, ValueError, ImageReadError) as exc:
+            raise click.ClickException(str(exc)) from exc
     if stage == "stage2":
         from llavarad.train.stage2_align import Stage2Config, run_stage2
 

@@ -168,7 +168,8 @@ def build_datasets(cfg: TrainConfig, bundle, prompt_format: str):
     common = dict(tokenizer=bundle.tokenizer, image_processor=bundle.image_processor, prompt_format=prompt_format,
                   num_image_tokens=bundle.num_image_tokens, image_token_id=bundle.image_token_id,
                   max_length=cfg.max_length, on_too_long=cfg.on_too_long,
-                  on_missing_findings=cfg.on_missing_findings, blank_images=cfg.blank_images)
+                  on_missing_findings=cfg.on_missing_findings, blank_images=cfg.blank_images,
+                  aspect=str(getattr(bundle, "image_aspect_ratio", "crop")))
     train = build_dataset(cfg.train_manifest, split=cfg.train_split, max_samples=cfg.max_train_samples, **common)
     val = None
     if cfg.eval_steps > 0:

@@ -67,6 +67,7 @@ class CxrTrainDataset:
     manifest_path: Path
     blank_images: bool = False
     excluded: list[ExcludedExample] = field(default_factory=list)
+    aspect: str = "crop"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,7 +89,7 @@ class CxrTrainDataset:
                 image = open_image(path)
             except Exception as exc:  # any reader failure becomes one clear, attributable error
                 raise ImageReadError(f"record {rec.id!r}: cannot read image {path}: {exc}") from exc
-        pixels = pixel_values_for([image], self.image_processor)[0]
+        pixels = pixel_values_for([image], self.image_processor, aspect=self.aspect)[0]
         return {
             "id": rec.id,
             "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
@@ -111,12 +112,14 @@ def build_dataset(
     on_missing_findings: Literal["error", "skip"] = "skip",
     max_samples: int | None = None,
     blank_images: bool = False,
+    aspect: Literal["crop", "pad"] = "crop",
 ) -> CxrTrainDataset:
     """Read ``manifest_path`` (records of ``split``; all when None) and tokenize every example.
 
     Raises :class:`SequenceTooLongError` naming the first too-long record when ``on_too_long`` is
     "error", and ``ValueError`` when the split is empty or (``on_missing_findings="error"``) a
-    record has no findings.
+    record has no findings. ``aspect`` is the model folder's image handling ("crop" or "pad"), so
+    training sees images exactly as generation will.
     """
     manifest_path = Path(manifest_path)
     records = [r for r in read_manifest(manifest_path) if split is None or r.split == split]
@@ -154,4 +157,4 @@ def build_dataset(
     if not kept:
         raise ValueError(f"{manifest_path}: no trainable records in split {split!r} ({len(records)} read, "
                          f"{len(excluded)} excluded); check the split name and the findings column")
-    return CxrTrainDataset(kept, encoded, image_processor, manifest_path, blank_images, excluded)
+    return CxrTrainDataset(kept, encoded, image_processor, manifest_path, blank_images, excluded, aspect)
