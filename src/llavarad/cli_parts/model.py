@@ -150,27 +150,44 @@ def _add_convert(group: click.Group) -> None:
                                                      "instead of merging W + (alpha/r)·B·A.")
     @click.option("--encoder-only", is_flag=True, help="Export only the image encoder as a Dinov2 folder "
                                                         "(for stage 1 or `init --vision`).")
+    @click.option("--clip", "clip", is_flag=True, help="Export the whole BiomedCLIP-CXR dual encoder (image and "
+                                                       "text tower) as a CLIP folder for `llavarad retrieval`.")
+    @click.option("--text-base", type=click.Path(path_type=Path), default=None,
+                  help="With --clip: local BiomedBERT folder (config + tokenizer; the release has none).")
     @click.option("--preset", default="llava-rad-7b", show_default=True,
                   help="Architecture preset the release follows (heads, feature layer, prompt format).")
     def convert_cmd(release_dir: Path, base_dir: Path | None, out_dir: Path, dtype: str, keep_lora: bool,
-                    encoder_only: bool, preset: str) -> None:
+                    encoder_only: bool, clip: bool, text_base: Path | None, preset: str) -> None:
         """Convert the released LLaVA-Rad weights into one llavarad / Hugging Face model folder.
 
         \b
         Examples:
           llavarad convert --release models/llava-rad --base models/vicuna-7b-v1.5 --out models/llava-rad-hf
           llavarad convert --release models/llava-rad --out models/biomedclip-cxr-518 --encoder-only
+          llavarad convert --release models/llava-rad --clip --text-base models/BiomedBERT --out models/biomedclip-cxr
         """
         import time
 
         from llavarad.model.convert import ConversionError, convert_encoder, convert_release
-        from llavarad.model.presets import PresetError
+        from llavarad.model.presets import PresetError, load_preset
 
         if encoder_only and keep_lora:
             raise click.UsageError("--keep-lora has no meaning with --encoder-only")
         if out_dir.exists() and any(out_dir.iterdir()):
             raise click.ClickException(f"{out_dir} exists and is not empty: choose a new --out folder")
         start = time.perf_counter()
+        if clip:
+            from llavarad.model._convert_biomedclip import convert_biomedclip
+
+            if text_base is None:
+                raise click.UsageError("--clip needs --text-base (a local BiomedBERT folder with its tokenizer)")
+            try:  # attention heads cannot be read from weights: the preset says (12 for the release)
+                heads = int(load_preset(preset).vision["num_attention_heads"])
+                convert_biomedclip(release_dir, text_base, out_dir, num_attention_heads=heads)
+            except (ConversionError, PresetError) as exc:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(f"wrote CLIP folder {out_dir} (image + text tower, heads) in {time.perf_counter() - start:.1f} s")
+            return
         try:
             if encoder_only:
                 report = convert_encoder(release_dir, out_dir, dtype="float32" if dtype == "auto" else dtype,
