@@ -168,17 +168,17 @@ def _add_convert(group: click.Group) -> None:
         """
         import time
 
-        from llavarad.model.convert import ConversionError, convert_encoder, convert_release
+        from llavarad.model.convert import ConversionError, convert_biomedclip, convert_encoder, convert_release
         from llavarad.model.presets import PresetError, load_preset
 
         if encoder_only and keep_lora:
             raise click.UsageError("--keep-lora has no meaning with --encoder-only")
+        if clip and (encoder_only or keep_lora):
+            raise click.UsageError("--clip writes the whole dual encoder: drop --encoder-only / --keep-lora")
         if out_dir.exists() and any(out_dir.iterdir()):
             raise click.ClickException(f"{out_dir} exists and is not empty: choose a new --out folder")
         start = time.perf_counter()
         if clip:
-            from llavarad.model._convert_biomedclip import convert_biomedclip
-
             if text_base is None:
                 raise click.UsageError("--clip needs --text-base (a local BiomedBERT folder with its tokenizer)")
             try:  # attention heads cannot be read from weights: the preset says (12 for the release)

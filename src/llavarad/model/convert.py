@@ -3,7 +3,8 @@
 The release holds no language-model weights; it needs ``lmsys/vicuna-7b-v1.5``:
 
 - ``biomedclipcxr_518_checkpoint.pt``: open_clip checkpoint; ``module.visual.trunk.*`` (timm ViT) ->
-  the ``Dinov2Model`` vision tower (:mod:`llavarad.model._convert_vision`); the text tower is ignored.
+  the ``Dinov2Model`` vision tower (:mod:`llavarad.model._convert_vision`); the text tower is converted by
+  :func:`convert_biomedclip` (``convert --clip``).
 - ``non_lora_trainables.bin``: the projector ``mm_projector.{0,2}`` -> ``multi_modal_projector.linear_{1,2}``
   (any other key that names a base-LM weight replaces it, as LLaVA's own loader does).
 - ``adapter_config.json`` + ``adapter_model.bin``: a peft LoRA, merged into the LM by default
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llavarad.model._convert_clip import convert_biomedclip
 from llavarad.model._convert_lm import (
     LLAVA_LM_TARGET_REGEX,
     LoraAdapter,
@@ -38,7 +40,8 @@ from llavarad.model._convert_vision import ConversionError, load_torch_file, spl
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConversionError", "ConvertReport", "RELEASE_FILES", "check_release", "convert_encoder", "convert_release"]
+__all__ = ["ConversionError", "ConvertReport", "RELEASE_FILES", "check_release", "convert_biomedclip", "convert_encoder",
+           "convert_release"]
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 

@@ -47,7 +47,7 @@ def fake(tmp_path_factory):
 def test_converted_towers_and_heads_equal_an_independent_forward(fake, tmp_path):
     from transformers import AutoTokenizer
 
-    from llavarad.model._convert_biomedclip import convert_biomedclip
+    from llavarad.model._convert_clip import convert_biomedclip
     from llavarad.model.clip import load_clip
 
     release, base, bert, state = fake
@@ -74,7 +74,7 @@ def test_converted_towers_and_heads_equal_an_independent_forward(fake, tmp_path)
 
 
 def test_leftover_and_missing_keys_are_named(fake, tmp_path):
-    from llavarad.model._convert_biomedclip import split_biomedclip
+    from llavarad.model._convert_clip import split_biomedclip
 
     _, _, _, state = fake
     bad = dict(state)
@@ -100,3 +100,18 @@ def test_cli_convert_clip_then_retrieval(fake, tmp_path):
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert main(["retrieval", str(manifest), "--encoder", str(out), "--out", str(tmp_path / "ret")]) == 0
     assert any((tmp_path / "ret").iterdir())
+
+
+def test_text_base_of_another_width_is_a_clear_error(fake, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from llavarad.model.convert import convert_biomedclip
+
+    release, base, _, _ = fake
+    other = tmp_path / "other-bert"
+    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(other)
+    with pytest.raises(ConversionError, match="text tower.*BiomedBERT"):
+        convert_biomedclip(release, other, tmp_path / "clip", num_attention_heads=2)
+    with pytest.raises(ConversionError, match="no config.json"):
+        convert_biomedclip(release, tmp_path / "nowhere", tmp_path / "clip2", num_attention_heads=2)

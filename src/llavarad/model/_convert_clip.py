@@ -129,7 +129,12 @@ def convert_biomedclip(release_dir: str | Path, text_base: str | Path, out_dir: 
 
 
 def _load(module, state: dict[str, Any], source: str) -> None:
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: e.g. a --text-base of another width or vocabulary
+        raise ConversionError(f"{source}: tensors do not fit the tower's config ({str(exc).splitlines()[-1].strip()}); "
+                              "for the text tower pass microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract "
+                              "as --text-base") from exc
     missing = [k for k in result.missing_keys if k != "embeddings.mask_token"]  # Dinov2's unused mask token
     if missing or result.unexpected_keys:
         raise ConversionError(f"{source}: missing {missing[:10]}, unexpected {result.unexpected_keys[:10]}")
