@@ -27,7 +27,8 @@ from typing import Any
 from llavarad.data._index import DiskIndex
 from llavarad.data.structuring import report_key
 from llavarad.data.templates import synthesize_report
-from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, ManifestError, ManifestRecord, write_manifest
+# iter_manifest is the shared streaming reader, re-exported here for the data verbs
+from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, ManifestRecord, iter_manifest, read_jsonl, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ __all__ = [
     "build_mimic",
     "build_openi",
     "dataset_counts",
-    "iter_jsonl_stream",
     "iter_manifest",
 ]
 
@@ -84,35 +84,6 @@ class CountTable:
         return "\n".join(lines)
 
 
-def iter_jsonl_stream(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` reading one line at a time (constant memory).
-
-    Same rules as :func:`llavarad.io.manifest.read_jsonl` (which reads the whole file at once): a
-    torn last line without a newline is skipped with a warning, any other bad line raises
-    :class:`~llavarad.io.manifest.ManifestError` naming file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield number, json.loads(raw.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                if not raw.endswith(b"\n"):  # only the last line can lack its newline
-                    logger.warning("%s:%d: ignoring an incomplete last line (interrupted write)", path, number)
-                    return
-                raise ManifestError(path, number, None, f"not valid JSON ({exc})") from exc
-
-
-def iter_manifest(path: str | Path) -> Iterator[ManifestRecord]:
-    """Stream validated records of a JSONL manifest, one line in memory at a time."""
-    for number, obj in iter_jsonl_stream(path):
-        yield ManifestRecord.from_dict(obj, path, number)
-
-
 def _h(value: str) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little")
 
@@ -150,7 +121,7 @@ def _load_llm_outputs(paths: Iterable[str | Path | None], index: DiskIndex) -> i
     for path in paths:
         if path:
             n += index.put_many((f"{obj.get('task', 'structure')}|{obj['id']}", obj)
-                                for _line, obj in iter_jsonl_stream(path) if isinstance(obj, dict) and "id" in obj)
+                                for _line, obj in read_jsonl(path) if isinstance(obj, dict) and "id" in obj)
     return n
 
 
