@@ -32,6 +32,7 @@ __all__ = [
     "ChexpromptConfig",
     "JudgePair",
     "judge_pairs",
+    "judge_with_stats",
     "pending_pairs",
     "read_predictions",
     "read_results",
@@ -248,3 +249,24 @@ def judge_pairs(
             client.close()
     assert not pending, "every report's samples were collected"
     return written
+
+
+def judge_with_stats(
+    todo: list[JudgePair],
+    cfg: ChexpromptConfig,
+    results_path: str | Path,
+    client: LLMClient | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`judge_pairs` for the stage entry points: returns the client's request/token/cost
+    statistics ({} when nothing was pending) and closes a client it had to create."""
+    if not todo:
+        return {}
+    own = client is None
+    client = client or LLMClient(cfg.llm)
+    try:
+        judge_pairs(todo, cfg, results_path, client=client, on_row=on_row)
+        return client.stats.as_dict()
+    finally:
+        if own:
+            client.close()

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from llavarad.chexprompt.judge import ChexpromptConfig, JudgePair, judge_pairs, pending_pairs, read_results
+from llavarad.chexprompt.judge import ChexpromptConfig, JudgePair, judge_with_stats, pending_pairs, read_results
 from llavarad.chexprompt.run import package_versions
 from llavarad.config import config_to_dict
 from llavarad.evaluate.bootstrap import percentile_interval, resample_counts
@@ -284,16 +284,7 @@ def validate_rexval(directory: str | Path, out_dir: str | Path, cfg: ChexpromptC
     todo = pending_pairs(usable, cfg, results_path)
     if on_start is not None:
         on_start(len(data.pairs), len(todo))
-    stats: dict[str, Any] = {}
-    if todo:
-        own = client is None
-        client = client or LLMClient(cfg.llm)
-        try:
-            judge_pairs(todo, cfg, results_path, client=client, on_row=on_row)
-        finally:
-            stats = client.stats.as_dict()
-            if own:
-                client.close()
+    stats = judge_with_stats(todo, cfg, results_path, client=client, on_row=on_row)
     judged = read_results(results_path)
     keep = [i for i, p in enumerate(data.pairs) if judged.get(p.id, {}).get("ok")]
     failed = [{"id": p.id, "error": "input: empty reference or candidate" if p.id in data.empty_pairs

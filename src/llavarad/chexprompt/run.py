@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llavarad.chexprompt.aggregate import summarize, write_report_table, write_summary
-from llavarad.chexprompt.judge import RESULTS_FILE, ChexpromptConfig, judge_pairs, pending_pairs, read_predictions, read_results
+from llavarad.chexprompt.judge import RESULTS_FILE, ChexpromptConfig, judge_with_stats, pending_pairs, read_predictions, read_results
 from llavarad.config import config_to_dict
 from llavarad.io.manifest import JsonlWriter
 from llavarad.llm import LLMClient
@@ -58,16 +58,7 @@ def run_chexprompt(
     todo = pending_pairs(pairs, cfg, results_path)
     if on_start is not None:
         on_start(len(pairs) + len(failed_inputs), len(todo))
-    stats: dict[str, Any] = {}
-    if todo:
-        own = client is None
-        client = client or LLMClient(cfg.llm)
-        try:
-            judge_pairs(todo, cfg, results_path, client=client, on_row=on_row)
-        finally:
-            stats = client.stats.as_dict()
-            if own:
-                client.close()
+    stats = judge_with_stats(todo, cfg, results_path, client=client, on_row=on_row)
     # failed inputs are result rows too, so the results file accounts for every input line
     previous = read_results(results_path)
     with JsonlWriter(results_path, key="id", resume=True) as writer:
