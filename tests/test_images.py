@@ -383,3 +383,13 @@ def test_size_guards(tmp_path: Path):
     big = tmp_path / "big.png"  # a real, highly compressible 9000 x 9000 PNG (81 MP > the 50 MP default)
     Image.new("L", (9000, 9000), 0).save(big)
     _expect_error(big, "exceeds max_pixels=50000000")
+
+
+def test_blank_image_warns_once_per_file(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    blank = tmp_path / "grey.png"
+    Image.new("L", (64, 64), 128).save(blank)
+    with caplog.at_level(logging.WARNING, logger="llavarad.io.images"):
+        for _ in range(3):
+            assert read_cxr(blank).array.max() == pytest.approx(128 / 255, abs=1e-6)
+    hits = [r for r in caplog.records if "blank image" in r.getMessage()]
+    assert len(hits) == 1 and "grey.png" in hits[0].getMessage()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 logger = logging.getLogger(__name__)
+_BLANK_WARNED: set[str] = set()
 
 __all__ = ["CxrImage", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "ImageReadError", "SourceFormat", "detect_format",
            "normalise_view", "read_cxr"]
@@ -235,7 +236,11 @@ def _read_pil(p: Path, fmt: SourceFormat, max_pixels: int, min_side: int) -> tup
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(p, f"{fmt.upper()} is truncated or corrupt ({exc}); re-export the image") from exc
     meta.update(info)
-    if float(array.max()) <= float(array.min()):
+    if float(array.max()) <= float(array.min()) and str(p) not in _BLANK_WARNED:
+        # Once per file: a training loop rereads the same image every epoch (the blank-image control
+        # of the demo reads one grey file thousands of times).
+        if len(_BLANK_WARNED) < 10_000:
+            _BLANK_WARNED.add(str(p))
         logger.warning("%s: every pixel has the same value (%.3f): a blank image", p.name, float(array.min()))
     return array, meta
 
