@@ -58,6 +58,12 @@ def test_demo_config_validation():
         DemoConfig(n=10)
     with pytest.raises(ValueError, match="image_size=100"):
         DemoConfig(image_size=100)
+    with pytest.raises(ValueError, match="phrasing='free'"):
+        DemoConfig(phrasing="free")
+    with pytest.raises(ValueError, match=r"split_fractions=\[0.9, 0.1, 0.0\]"):
+        DemoConfig(split_fractions=(0.9, 0.1, 0.0))
+    with pytest.raises(ValueError, match="stage1_warmup=1.5"):
+        DemoConfig(stage1_warmup=1.5)
 
 
 def test_report_card_markdown_lists_metrics_losses_times_and_examples():
