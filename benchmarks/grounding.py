@@ -11,7 +11,7 @@ hits with that same probability.
 
     python benchmarks/grounding.py [--demo runs/demo] [--limit 80] [--aggregate layer-mean]
 
-Without --demo it runs ``llavarad demo`` into runs/grounding_demo first (about 5-10 minutes on CPU).
+Without --demo it runs ``llavarad demo`` into runs/grounding_demo first (about 12 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
