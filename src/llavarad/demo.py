@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llavarad.train.lm_pretrain import LmPretrainConfig
 
@@ -52,7 +52,7 @@ class DemoConfig:
     phantom_workers: int = 2
     #: "fixed" = structured reports (findings in one order, one phrasing), as the paper's GPT-4
     #: structuring produces; "varied" shuffles order and phrasing (micro-F1 0.43 instead of 0.55)
-    phrasing: str = "fixed"
+    phrasing: Literal["fixed", "varied"] = "fixed"
     stage1_epochs: int = 5
     stage1_batch: int = 64
     stage1_lr: float = 1.5e-3  # 3e-3 with a 3% warm-up collapsed (loss stuck at log(batch))
@@ -71,8 +71,9 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be > 0, got {getattr(self, k)}" for k in
-                    ("n", "phantom_workers", "stage1_epochs", "stage1_batch", "stage1_lr", "stage2_epochs", "stage3_epochs", "stage2_lr", "stage3_lr",
-                     "lora_r", "batch_size", "max_new_tokens") if getattr(self, k) <= 0]
+                    ("n", "phantom_workers", "stage1_epochs", "stage1_batch", "stage1_lr", "stage2_epochs",
+                     "stage3_epochs", "stage2_lr", "stage3_lr", "lora_r", "batch_size", "max_new_tokens")
+                    if getattr(self, k) <= 0]
         if self.n < 50:
             problems.append(f"n={self.n}: the demo needs at least 50 phantoms (train/validate/test splits)")
         if self.image_size % 14:
@@ -234,7 +235,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
                           output_dir=str(stage1_dir), val_manifest=str(manifest), val_splits=["validate"],
                           preset=cfg.preset, image_size=cfg.image_size, embed_dim=128, context_length=96,
                           tokenizer_vocab_size=1000, epochs=cfg.stage1_epochs, per_device_batch_size=cfg.stage1_batch,
-                          lr=cfg.stage1_lr, warmup_ratio=cfg.stage1_warmup, weight_decay=0.05, mixed_precision="no", augment=False, num_workers=0,
+                          lr=cfg.stage1_lr, warmup_ratio=cfg.stage1_warmup, weight_decay=0.05, mixed_precision="no",
+                          augment=False, num_workers=0,
                           seed=cfg.seed, save_every_steps=10_000, log_every_steps=10)
         return str(run_stage1(s1))
 
