@@ -58,7 +58,7 @@ def test_demo_config_validation():
         DemoConfig(n=10)
     with pytest.raises(ValueError, match="image_size=100"):
         DemoConfig(image_size=100)
-    with pytest.raises(ValueError, match="phrasing='free'"):
+    with pytest.raises(ValueError, match="phrasing: 'free'"):
         DemoConfig(phrasing="free")
     with pytest.raises(ValueError, match=r"split_fractions=\[0.9, 0.1, 0.0\]"):
         DemoConfig(split_fractions=(0.9, 0.1, 0.0))

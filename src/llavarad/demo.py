@@ -69,6 +69,13 @@ class DemoConfig:
     shared_from: Path | None = None
     num_examples: int = 4
 
+    def phantom_config(self):
+        """The :class:`~llavarad.data.phantom.PhantomConfig` of the demo's data set."""
+        from llavarad.data.phantom import PhantomConfig
+
+        return PhantomConfig(n=self.n, size=self.image_size, seed=self.seed, split_fractions=list(self.split_fractions),
+                             phrasing=self.phrasing)
+
     def __post_init__(self) -> None:
         problems = [f"{k} must be > 0, got {getattr(self, k)}" for k in
                     ("n", "phantom_workers", "stage1_epochs", "stage1_batch", "stage1_lr", "stage2_epochs",
@@ -78,12 +85,13 @@ class DemoConfig:
             problems.append(f"n={self.n}: the demo needs at least 50 phantoms (train/validate/test splits)")
         if self.image_size % 14:
             problems.append(f"image_size={self.image_size} must be a multiple of the 14 px patch")
-        if self.phrasing not in ("varied", "fixed"):
-            problems.append(f"phrasing={self.phrasing!r}: use 'fixed' (structured reports) or 'varied'")
-        fr = tuple(float(f) for f in self.split_fractions)
-        if len(fr) != 3 or any(f <= 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-            problems.append(f"split_fractions={list(self.split_fractions)}: give three positive train,validate,test "
-                            "fractions that sum to 1, e.g. (0.9, 0.05, 0.05)")
+        try:  # phrasing, split fractions and size are the phantom generator's to check
+            self.phantom_config()
+        except ValueError as exc:
+            problems.append(f"phantoms: {exc}")
+        if any(float(f) <= 0 for f in self.split_fractions):
+            problems.append(f"split_fractions={list(self.split_fractions)}: the demo needs a non-empty train, "
+                            "validate and test split, e.g. (0.9, 0.05, 0.05)")
         if not 0 <= self.stage1_warmup < 1:
             problems.append(f"stage1_warmup={self.stage1_warmup}: a fraction of the stage-1 steps in [0, 1)")
         if problems:
@@ -208,11 +216,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     manifest = phantoms / "manifest.jsonl"
 
     def make_phantoms():
-        from llavarad.data.phantom import PhantomConfig, generate_phantoms
+        from llavarad.data.phantom import generate_phantoms
 
-        pc = PhantomConfig(n=cfg.n, size=cfg.image_size, seed=cfg.seed, split_fractions=list(cfg.split_fractions),
-                           phrasing=cfg.phrasing)
-        return generate_phantoms(pc, phantoms, workers=cfg.phantom_workers).to_dict()
+        return generate_phantoms(cfg.phantom_config(), phantoms, workers=cfg.phantom_workers).to_dict()
 
     timer.run("phantoms", manifest.is_file() and (phantoms / "DONE").is_file(), make_phantoms)
     (phantoms / "DONE").touch()
