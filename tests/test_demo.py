@@ -64,6 +64,10 @@ def test_demo_config_validation():
         DemoConfig(split_fractions=(0.9, 0.1, 0.0))
     with pytest.raises(ValueError, match="stage1_warmup=1.5"):
         DemoConfig(stage1_warmup=1.5)
+    with pytest.raises(ValueError, match="lora_dropout=1.0"):
+        DemoConfig(lora_dropout=1.0)
+    with pytest.raises(ValueError, match="stage1_image_pool='max'"):
+        DemoConfig(stage1_image_pool="max")
 
 
 def test_report_card_markdown_lists_metrics_losses_times_and_examples():
@@ -102,3 +106,6 @@ def test_demo_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
     run_demo(cfg, out, progress=lambda stage, status, s: seen.append((stage, status)))
     assert all(status.startswith("done earlier") for stage, status in seen if stage != "report")
     assert json.loads((out / "report_card.json").read_text())["headline"]["Micro-F1-14"] is not None
+    # the demo's settings reach the stages: mean-pooled CLIP in stage 1, dropout-free LoRA in stage 3
+    assert json.loads((out / "stage1" / "clip_config.json").read_text())["config"]["image_pool"] == "mean"
+    assert json.loads((out / "stage3" / "llavarad.json").read_text())["train_config"]["lora"]["dropout"] == 0.0

@@ -57,11 +57,16 @@ class DemoConfig:
     stage1_batch: int = 64
     stage1_lr: float = 1.5e-3  # 3e-3 with a 3% warm-up collapsed (loss stuck at log(batch))
     stage1_warmup: float = 0.1
+    #: image embedding of the CLIP objective: "mean" of the patch tokens makes every region count, so
+    #: the tokens the language model reads carry small findings too (micro-F1 0.61 vs 0.565 with "cls")
+    stage1_image_pool: Literal["cls", "mean"] = "mean"
     stage2_epochs: float = 0.5
     stage2_lr: float = 2e-3
     stage3_epochs: float = 0.75
-    stage3_lr: float = 1e-3
+    stage3_lr: float = 3e-3  # 1e-3 left support devices at F1 0.08 (first sentence of the report)
     lora_r: int = 16
+    #: the paper's 0.05 costs a quarter of the demo's stage-3 time on CPU (dropout on every LoRA input)
+    lora_dropout: float = 0.0
     batch_size: int = 16
     max_test: int | None = None
     max_new_tokens: int = 96
@@ -92,6 +97,10 @@ class DemoConfig:
         if any(float(f) <= 0 for f in self.split_fractions):
             problems.append(f"split_fractions={list(self.split_fractions)}: the demo needs a non-empty train, "
                             "validate and test split, e.g. (0.9, 0.05, 0.05)")
+        if self.stage1_image_pool not in ("cls", "mean"):
+            problems.append(f"stage1_image_pool={self.stage1_image_pool!r}: use 'cls' or 'mean'")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout={self.lora_dropout}: a probability in [0, 1), e.g. 0.05 as in the paper")
         if not 0 <= self.stage1_warmup < 1:
             problems.append(f"stage1_warmup={self.stage1_warmup}: a fraction of the stage-1 steps in [0, 1)")
         if problems:
@@ -241,8 +250,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
                           output_dir=str(stage1_dir), val_manifest=str(manifest), val_splits=["validate"],
                           preset=cfg.preset, image_size=cfg.image_size, embed_dim=128, context_length=96,
                           tokenizer_vocab_size=1000, epochs=cfg.stage1_epochs, per_device_batch_size=cfg.stage1_batch,
-                          lr=cfg.stage1_lr, warmup_ratio=cfg.stage1_warmup, weight_decay=0.05, mixed_precision="no",
-                          augment=False, num_workers=0,
+                          lr=cfg.stage1_lr, warmup_ratio=cfg.stage1_warmup, image_pool=cfg.stage1_image_pool,
+                          weight_decay=0.05, mixed_precision="no", augment=False, num_workers=0,
                           seed=cfg.seed, save_every_steps=10_000, log_every_steps=10)
         return str(run_stage1(s1))
 
@@ -268,7 +277,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     timer.run("stage2", _is_model(s2_dir), lambda: run_stage2(s2))
     s3 = config_from_dict(Stage3Config, {**_train_common(cfg, s2_dir, train_manifest, s3_dir),
                                          "learning_rate": cfg.stage3_lr, "epochs": cfg.stage3_epochs,
-                                         "lora": {"r": cfg.lora_r, "alpha": 2 * cfg.lora_r, "dropout": 0.05}})
+                                         "lora": {"r": cfg.lora_r, "alpha": 2 * cfg.lora_r, "dropout": cfg.lora_dropout}})
     timer.run("stage3", _is_model(s3_dir), lambda: run_stage3(s3))
 
     test_manifest = _test_manifest(train_manifest, out / "test_manifest.jsonl", cfg.max_test)

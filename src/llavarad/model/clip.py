@@ -78,6 +78,10 @@ class CxrClipConfig:
         embed_dim: shared embedding size (512).
         context_length: maximum text tokens (256); longer reports are truncated, and counted.
         text_proj: ``mlp`` (Linear-GELU-Linear, BiomedCLIP) or ``linear``.
+        image_pool: the image embedding's source: ``cls`` (the CLS token after the final layer norm,
+            BiomedCLIP) or ``mean`` (the mean of the final patch tokens, timm's ``avg`` pooling).
+            ``mean`` makes every region count in the embedding; on the CPU demo's 4-layer tower it
+            leaves patch tokens that a small language model reads more easily (docs/training.md).
         text_proj_hidden: hidden size of the MLP head; default ``(text_width + embed_dim) // 2``.
         logit_scale_init: initial log inverse temperature, ``log(1/0.07)``.
         logit_scale_max: cap of ``exp(logit_scale)`` (100).
@@ -89,6 +93,7 @@ class CxrClipConfig:
     context_length: int = 256
     text_proj: Literal["mlp", "linear"] = "mlp"
     text_proj_hidden: int | None = None
+    image_pool: Literal["cls", "mean"] = "cls"
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
     vision_width: int = 0
@@ -105,6 +110,8 @@ class CxrClipConfig:
             problems.append(f"context_length={self.context_length}: use at least 8 tokens (BiomedCLIP: 256)")
         if self.text_proj not in ("mlp", "linear"):
             problems.append(f"text_proj={self.text_proj!r}: use 'mlp' or 'linear'")
+        if self.image_pool not in ("cls", "mean"):
+            problems.append(f"image_pool={self.image_pool!r}: use 'cls' (BiomedCLIP) or 'mean' (patch-token average)")
         if self.logit_scale_max <= 1.0:
             problems.append(f"logit_scale_max={self.logit_scale_max}: must exceed 1 (CLIP uses 100)")
         if problems:
@@ -150,7 +157,12 @@ class CxrClip(nn.Module):
     def image_features(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """``(B, 3, S, S)`` pixels -> ``(B, embed_dim)`` embeddings (L2-normalised by default)."""
         out = self.vision(pixel_values=pixel_values.to(self.dtype))
-        feats = self.image_proj(out.pooler_output)  # CLS after the final layer norm
+        if self.config.image_pool == "mean":  # patch tokens after the final layer norm (CLS and registers dropped)
+            skip = 1 + int(getattr(self.vision.config, "num_register_tokens", 0) or 0)
+            pooled = out.last_hidden_state[:, skip:].mean(dim=1)
+        else:
+            pooled = out.pooler_output  # CLS after the final layer norm
+        feats = self.image_proj(pooled)
         return nn.functional.normalize(feats, dim=-1) if normalize else feats
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -280,6 +292,7 @@ def init_clip(
     embed_dim: int = 512,
     context_length: int = 256,
     text_proj: Literal["mlp", "linear"] = "mlp",
+    image_pool: Literal["cls", "mean"] = "cls",
     logit_scale_init: float = math.log(1 / 0.07),
     logit_scale_max: float = 100.0,
     seed: int = 0,
@@ -291,7 +304,8 @@ def init_clip(
     ``vision_config`` (a preset's ``vision`` dict). Text tower: a BERT folder with its tokenizer
     (``text_init``: BiomedBERT for real runs) or a random tiny BERT (``text_config`` overrides
     :data:`TINY_TEXT_CONFIG`) with a WordPiece tokenizer trained on ``corpus``.
-    Projection heads are random (seeded).
+    Projection heads are random (seeded). ``image_pool`` picks the image embedding's source
+    (:class:`CxrClipConfig`).
     """
     from transformers import AutoConfig, AutoTokenizer, Dinov2Config, Dinov2Model
 
@@ -339,7 +353,7 @@ def init_clip(
         raise ClipFolderError(f"context_length={context_length} exceeds the text tower's "
                               f"max_position_embeddings={max_pos}: use context_length <= {max_pos}")
     cfg = CxrClipConfig(image_size=image_size, embed_dim=embed_dim, context_length=context_length, text_proj=text_proj,
-                        logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
+                        image_pool=image_pool, logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
                         vision_width=int(vision.config.hidden_size), text_width=int(text.config.hidden_size),
                         extra={"init": {"vision": str(vision_init) if vision_init else "random",
                                         "text": str(text_init) if text_init else "random", "seed": seed}})
