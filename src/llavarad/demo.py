@@ -39,7 +39,7 @@ ProgressFn = Callable[[str, str, "float | None"], None]
 
 @dataclass
 class DemoConfig:
-    """Sizes and training lengths of the demo, tuned to finish in about 11-12 minutes on 2 CPU cores."""
+    """Sizes and training lengths of the demo, tuned to finish in about 11 minutes on 2 CPU cores."""
 
     # More phantoms, fewer passes: 1,600 phantoms x 15 stage-1 epochs gave micro-F1 0.40; 8,000 x 5
     # gives 0.56 in less than 1.5x the time (a from-scratch ViT needs data more than epochs).
