@@ -97,8 +97,10 @@ class DemoConfig:
         if any(float(f) <= 0 for f in self.split_fractions):
             problems.append(f"split_fractions={list(self.split_fractions)}: the demo needs a non-empty train, "
                             "validate and test split, e.g. (0.9, 0.05, 0.05)")
-        if self.stage1_image_pool not in ("cls", "mean"):
-            problems.append(f"stage1_image_pool={self.stage1_image_pool!r}: use 'cls' or 'mean'")
+        from llavarad.model.clip import image_pool_problem
+
+        if problem := image_pool_problem(self.stage1_image_pool, "stage1_image_pool"):
+            problems.append(problem)
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout={self.lora_dropout}: a probability in [0, 1), e.g. 0.05 as in the paper")
         if not 0 <= self.stage1_warmup < 1:
@@ -277,7 +279,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     timer.run("stage2", _is_model(s2_dir), lambda: run_stage2(s2))
     s3 = config_from_dict(Stage3Config, {**_train_common(cfg, s2_dir, train_manifest, s3_dir),
                                          "learning_rate": cfg.stage3_lr, "epochs": cfg.stage3_epochs,
-                                         "lora": {"r": cfg.lora_r, "alpha": 2 * cfg.lora_r, "dropout": cfg.lora_dropout}})
+                                         "lora": {"r": cfg.lora_r, "alpha": 2 * cfg.lora_r,
+                                                  "dropout": cfg.lora_dropout}})
     timer.run("stage3", _is_model(s3_dir), lambda: run_stage3(s3))
 
     test_manifest = _test_manifest(train_manifest, out / "test_manifest.jsonl", cfg.max_test)

@@ -65,6 +65,16 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
 }
 
 
+IMAGE_POOLS = ("cls", "mean")
+
+
+def image_pool_problem(value: Any, field_name: str = "image_pool") -> str | None:
+    """The error message for an unknown image pooling, or None (one rule for every config that sets it)."""
+    if value in IMAGE_POOLS:
+        return None
+    return f"{field_name}={value!r}: use 'cls' (BiomedCLIP's CLS token) or 'mean' (average of the patch tokens)"
+
+
 class ClipFolderError(ValueError):
     """A CLIP folder that is missing files or is inconsistent."""
 
@@ -110,8 +120,8 @@ class CxrClipConfig:
             problems.append(f"context_length={self.context_length}: use at least 8 tokens (BiomedCLIP: 256)")
         if self.text_proj not in ("mlp", "linear"):
             problems.append(f"text_proj={self.text_proj!r}: use 'mlp' or 'linear'")
-        if self.image_pool not in ("cls", "mean"):
-            problems.append(f"image_pool={self.image_pool!r}: use 'cls' (BiomedCLIP) or 'mean' (patch-token average)")
+        if problem := image_pool_problem(self.image_pool):
+            problems.append(problem)
         if self.logit_scale_max <= 1.0:
             problems.append(f"logit_scale_max={self.logit_scale_max}: must exceed 1 (CLIP uses 100)")
         if problems:

@@ -272,7 +272,8 @@ def _build_model(cfg: Stage1Config, corpus: list[str], tokenizer=None):
                      text_init=cfg.text_init, text_config=cfg.text_config or None, tokenizer=tokenizer, corpus=corpus,
                      tokenizer_vocab_size=cfg.tokenizer_vocab_size, embed_dim=cfg.embed_dim,
                      context_length=cfg.context_length, text_proj=cfg.text_proj,
-                     image_pool=cfg.image_pool, logit_scale_init=cfg.logit_scale_init, logit_scale_max=cfg.logit_scale_max, seed=cfg.seed)
+                     image_pool=cfg.image_pool, logit_scale_init=cfg.logit_scale_init,
+                     logit_scale_max=cfg.logit_scale_max, seed=cfg.seed)
 
 
 # ----------------------------------------------------------------------------------------------
