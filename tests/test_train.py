@@ -150,6 +150,24 @@ def test_stage3_merged_keeps_vision_frozen_and_adapter_export_merges_identically
         assert torch.allclose(after[name], re_w[name], atol=1e-6), name
 
 
+def test_stage3_train_vision_tower_trains_and_exports_the_tower(tiny_model_dir, manifest, tmp_path):
+    """Opt-in departure from the paper: the tower changes, and merged == adapter-then-merge."""
+    from llavarad.train.lora import merge_lora
+
+    common = dict(lora={"r": 4, "alpha": 8}, learning_rate=1e-2, train_vision_tower=True)
+    merged = run_stage3(_cfg(Stage3Config, tiny_model_dir, manifest, tmp_path / "merged", **common))
+    before, after = _weights(tiny_model_dir), _weights(merged)
+    assert before.keys() == after.keys()
+    changed = {_group(n) for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {"language_model", "multi_modal_projector", "vision_tower"}
+    assert json.loads((merged / "llavarad.json").read_text())["train_config"]["train_vision_tower"] is True
+    adapter = run_stage3(_cfg(Stage3Config, tiny_model_dir, manifest, tmp_path / "adapter", export="adapter",
+                              **common))
+    re_w = _weights(merge_lora(adapter, tmp_path / "remerged"))
+    for name in after:
+        assert torch.allclose(after[name], re_w[name], atol=1e-6), name
+
+
 def test_resume_is_exact(tiny_model_dir, manifest, tmp_path):
     """4 steps straight == 2 steps, checkpoint, resume, 2 more steps (optimizer, schedule, RNG, data order)."""
     out = tmp_path / "run"

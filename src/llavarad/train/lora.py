@@ -50,16 +50,18 @@ class LoraSettings:
         return rf".*language_model.*\.({'|'.join(self.target_modules)})$"
 
 
-def apply_lora(model, settings: LoraSettings):
+def apply_lora(model, settings: LoraSettings, *, train_vision_tower: bool = False):
     """Wrap ``model`` (a ``LlavaForConditionalGeneration``) in a ``PeftModel``.
 
     Base weights are frozen, LoRA matrices trainable, the projector trained in full via
-    ``modules_to_save``; the vision tower gets no adapter.
+    ``modules_to_save``; the vision tower gets no adapter. ``train_vision_tower`` also trains the
+    whole vision tower (``modules_to_save`` too): not the paper's recipe, which keeps it frozen.
     """
     from peft import LoraConfig, get_peft_model
 
+    full = ["multi_modal_projector"] + (["vision_tower"] if train_vision_tower else [])
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_regex(), modules_to_save=["multi_modal_projector"],
+                        target_modules=settings.target_regex(), modules_to_save=full,
                         bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     n_adapted = sum(1 for name, _ in peft_model.named_modules() if name.endswith("lora_A"))

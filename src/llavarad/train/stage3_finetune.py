@@ -2,7 +2,7 @@
 
 Starts from a stage-2 model folder. Examples are the "v1" conversation with the indication in the
 question; the loss covers only the findings and the closing ``</s>``. The vision tower stays
-frozen. The paper's run: LoRA r=64, alpha=128, dropout 0.05 on q/k/v/o/gate/up/down, lr 1e-4,
+frozen unless ``train_vision_tower`` is set. The paper's run: LoRA r=64, alpha=128, dropout 0.05 on q/k/v/o/gate/up/down, lr 1e-4,
 3 epochs, global batch 64. Exports merged weights (default) or the adapter.
 
 Entry point: :func:`run_stage3` (CLI: ``llavarad train stage3 --config configs/stage3_<preset>.yaml``).
@@ -47,6 +47,9 @@ class Stage3Config(TrainConfig):
     prompt_format: Literal["v1"] = "v1"
     lora: LoraSettings = field(default_factory=LoraSettings)
     export: Literal["merged", "adapter"] = "merged"
+    #: also train the whole vision tower (not the paper's recipe, which keeps it frozen; the
+    #: adapter export then carries the tower's weights too)
+    train_vision_tower: bool = False
 
     def __post_init__(self) -> None:
         problems = self._check_common()
@@ -70,9 +73,10 @@ def run_stage3(cfg: Stage3Config) -> Path:
     from transformers import set_seed
 
     set_seed(cfg.seed)  # the LoRA matrices are initialised randomly: make runs (and resumes) repeatable
-    model = apply_lora(bundle.model, cfg.lora)
+    model = apply_lora(bundle.model, cfg.lora, train_vision_tower=cfg.train_vision_tower)
     trainable, total = count_parameters(model)
-    logger.info("stage 3: training %d of %d parameters (LoRA r=%d on the LM + projector)", trainable, total, cfg.lora.r)
+    logger.info("stage 3: training %d of %d parameters (LoRA r=%d on the LM + projector%s)", trainable, total,
+                cfg.lora.r, " + vision tower" if cfg.train_vision_tower else "")
     train_ds, val_ds = build_datasets(cfg, bundle, cfg.prompt_format)
     trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage3")
     resume = resolve_resume(cfg)
@@ -82,7 +86,7 @@ def run_stage3(cfg: Stage3Config) -> Path:
 
     def rebuild():
         fresh = load_bundle(cfg).model
-        return apply_lora(fresh, cfg.lora)
+        return apply_lora(fresh, cfg.lora, train_vision_tower=cfg.train_vision_tower)
 
     trained = gather_trained_model(trainer, rebuild)
     if trained is None:
