@@ -154,7 +154,7 @@ def test_stage3_train_vision_tower_trains_and_exports_the_tower(tiny_model_dir, 
     """Opt-in departure from the paper: the tower changes, and merged == adapter-then-merge."""
     from llavarad.train.lora import merge_lora
 
-    common = dict(lora={"r": 4, "alpha": 8}, learning_rate=1e-2, train_vision_tower=True)
+    common = {"lora": {"r": 4, "alpha": 8}, "learning_rate": 1e-2, "train_vision_tower": True}
     merged = run_stage3(_cfg(Stage3Config, tiny_model_dir, manifest, tmp_path / "merged", **common))
     before, after = _weights(tiny_model_dir), _weights(merged)
     assert before.keys() == after.keys()
