@@ -48,7 +48,7 @@ def _pixels(n: int, size: int = 56, seed: int = 0) -> torch.Tensor:
 def test_config_rejects_bad_values_all_at_once():
     with pytest.raises(ValueError) as exc:
         CxrClipConfig(image_size=0, embed_dim=-1, context_length=2, text_proj="conv", logit_scale_max=1.0,
-                      image_pool="max")
+                      image_pool="sum")
     msg = str(exc.value)
     for word in ("image_size", "embed_dim", "context_length", "text_proj", "logit_scale_max", "image_pool"):
         assert word in msg
@@ -125,20 +125,22 @@ def test_save_load_round_trip(tiny_clip, tmp_path):
     assert float(loaded.logit_scale.detach()) == pytest.approx(float(clip.logit_scale.detach()))
 
 
-def test_mean_pooling_uses_the_patch_tokens_and_survives_a_round_trip(tmp_path):
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_patch_pooling_uses_the_patch_tokens_and_survives_a_round_trip(tmp_path, pool):
     clip = init_clip(image_size=56, vision_config=load_preset("tiny").vision, corpus=CORPUS, tokenizer_vocab_size=200,
-                     embed_dim=16, context_length=32, image_pool="mean", seed=0).eval()
+                     embed_dim=16, context_length=32, image_pool=pool, seed=0).eval()
     px = _pixels(3, seed=4)
     with torch.no_grad():
         tokens = clip.vision(pixel_values=px).last_hidden_state
-        expected = torch.nn.functional.normalize(clip.image_proj(tokens[:, 1:].mean(dim=1)), dim=-1)
+        pooled = tokens[:, 1:].mean(dim=1) if pool == "mean" else tokens[:, 1:].amax(dim=1)
+        expected = torch.nn.functional.normalize(clip.image_proj(pooled), dim=-1)
         from_cls = torch.nn.functional.normalize(clip.image_proj(tokens[:, 0]), dim=-1)
     got = clip.encode_image(px)
     assert torch.allclose(got, expected, atol=1e-6)
     assert not torch.allclose(got, from_cls, atol=1e-3)  # really not the CLS token
     save_clip(clip, tmp_path / "clip")
     loaded = load_clip(tmp_path / "clip", device="cpu", dtype="float32")
-    assert loaded.config.image_pool == "mean"
+    assert loaded.config.image_pool == pool
     assert torch.allclose(loaded.encode_image(px), got, atol=1e-6)
 
 

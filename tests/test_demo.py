@@ -66,8 +66,8 @@ def test_demo_config_validation():
         DemoConfig(stage1_warmup=1.5)
     with pytest.raises(ValueError, match="lora_dropout=1.0"):
         DemoConfig(lora_dropout=1.0)
-    with pytest.raises(ValueError, match="stage1_image_pool='max'"):
-        DemoConfig(stage1_image_pool="max")
+    with pytest.raises(ValueError, match="stage1_image_pool='attention'"):
+        DemoConfig(stage1_image_pool="attention")
 
 
 def test_report_card_markdown_lists_metrics_losses_times_and_examples():

@@ -53,7 +53,7 @@ def test_every_shipped_stage1_yaml_loads_and_starts_with_its_command():
 def test_config_problems_are_collected_in_one_error():
     with pytest.raises(ConfigError) as exc:
         load_config(Stage1Config, CONFIGS / "stage1_tiny.yaml",
-                    ["lr=-1", "crop_scale=[0.5]", "splits=[training]", "mixed_precision=fp8", "image_pool=max"])
+                    ["lr=-1", "crop_scale=[0.5]", "splits=[training]", "mixed_precision=fp8", "image_pool=sum"])
     msg = str(exc.value)
     assert "mixed_precision" in msg and "image_pool" in msg  # Literal checks by the loader
     with pytest.raises(ConfigError) as exc:

@@ -65,14 +65,15 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
 }
 
 
-IMAGE_POOLS = ("cls", "mean")
+IMAGE_POOLS = ("cls", "mean", "max")
 
 
 def image_pool_problem(value: Any, field_name: str = "image_pool") -> str | None:
     """The error message for an unknown image pooling, or None (one rule for every config that sets it)."""
     if value in IMAGE_POOLS:
         return None
-    return f"{field_name}={value!r}: use 'cls' (BiomedCLIP's CLS token) or 'mean' (average of the patch tokens)"
+    return (f"{field_name}={value!r}: use 'cls' (BiomedCLIP's CLS token), 'mean' (average of the patch tokens) "
+            "or 'max' (per-dimension maximum over the patch tokens)")
 
 
 class ClipFolderError(ValueError):
@@ -103,7 +104,7 @@ class CxrClipConfig:
     context_length: int = 256
     text_proj: Literal["mlp", "linear"] = "mlp"
     text_proj_hidden: int | None = None
-    image_pool: Literal["cls", "mean"] = "cls"
+    image_pool: Literal["cls", "mean", "max"] = "cls"
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
     vision_width: int = 0
@@ -167,9 +168,10 @@ class CxrClip(nn.Module):
     def image_features(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """``(B, 3, S, S)`` pixels -> ``(B, embed_dim)`` embeddings (L2-normalised by default)."""
         out = self.vision(pixel_values=pixel_values.to(self.dtype))
-        if self.config.image_pool == "mean":  # patch tokens after the final layer norm (CLS and registers dropped)
+        if self.config.image_pool in ("mean", "max"):  # patch tokens after the final layer norm (CLS, registers dropped)
             skip = 1 + int(getattr(self.vision.config, "num_register_tokens", 0) or 0)
-            pooled = out.last_hidden_state[:, skip:].mean(dim=1)
+            patches = out.last_hidden_state[:, skip:]
+            pooled = patches.mean(dim=1) if self.config.image_pool == "mean" else patches.amax(dim=1)
         else:
             pooled = out.pooler_output  # CLS after the final layer norm
         feats = self.image_proj(pooled)
@@ -302,7 +304,7 @@ def init_clip(
     embed_dim: int = 512,
     context_length: int = 256,
     text_proj: Literal["mlp", "linear"] = "mlp",
-    image_pool: Literal["cls", "mean"] = "cls",
+    image_pool: Literal["cls", "mean", "max"] = "cls",
     logit_scale_init: float = math.log(1 / 0.07),
     logit_scale_max: float = 100.0,
     seed: int = 0,

@@ -84,7 +84,7 @@ class Stage1Config:
     embed_dim: int = 512
     context_length: int = 256
     text_proj: Literal["mlp", "linear"] = "mlp"
-    image_pool: Literal["cls", "mean"] = "cls"
+    image_pool: Literal["cls", "mean", "max"] = "cls"
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
     epochs: int = 1
