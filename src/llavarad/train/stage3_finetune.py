@@ -2,8 +2,9 @@
 
 Starts from a stage-2 model folder. Examples are the "v1" conversation with the indication in the
 question; the loss covers only the findings and the closing ``</s>``. The vision tower stays
-frozen unless ``train_vision_tower`` is set. The paper's run: LoRA r=64, alpha=128, dropout 0.05 on q/k/v/o/gate/up/down, lr 1e-4,
-3 epochs, global batch 64. Exports merged weights (default) or the adapter.
+frozen unless ``train_vision_tower`` is set. The paper's run: LoRA r=64, alpha=128, dropout 0.05
+on q/k/v/o/gate/up/down, lr 1e-4, 3 epochs, global batch 64. Exports merged weights (default) or
+the adapter.
 
 Entry point: :func:`run_stage3` (CLI: ``llavarad train stage3 --config configs/stage3_<preset>.yaml``).
 """
