@@ -154,7 +154,8 @@ def test_stage3_train_vision_tower_trains_and_exports_the_tower(tiny_model_dir, 
     """Opt-in departure from the paper: the tower changes, and merged == adapter-then-merge."""
     from llavarad.train.lora import merge_lora
 
-    common = {"lora": {"r": 4, "alpha": 8}, "learning_rate": 1e-2, "train_vision_tower": True}
+    common = {"lora": {"r": 4, "alpha": 8}, "learning_rate": 1e-2, "train_vision_tower": True,
+              "vision_tower_lr": 1e-3}
     merged = run_stage3(_cfg(Stage3Config, tiny_model_dir, manifest, tmp_path / "merged", **common))
     before, after = _weights(tiny_model_dir), _weights(merged)
     assert before.keys() == after.keys()
@@ -166,6 +167,39 @@ def test_stage3_train_vision_tower_trains_and_exports_the_tower(tiny_model_dir, 
     re_w = _weights(merge_lora(adapter, tmp_path / "remerged"))
     for name in after:
         assert torch.allclose(after[name], re_w[name], atol=1e-6), name
+
+
+def test_vision_tower_lr_gives_the_tower_its_own_optimizer_group(tiny_model_dir, manifest, tmp_path):
+    from llavarad.train._common import build_datasets, load_bundle, make_trainer
+    from llavarad.train.lora import apply_lora
+
+    cfg = _cfg(Stage3Config, tiny_model_dir, manifest, tmp_path / "o", lora={"r": 4, "alpha": 8},
+               learning_rate=1e-3, train_vision_tower=True, vision_tower_lr=1e-5, weight_decay=0.1)
+    bundle = load_bundle(cfg)
+    for p in bundle.model.parameters():
+        p.requires_grad_(False)
+    model = apply_lora(bundle.model, cfg.lora, train_vision_tower=True)
+    train_ds, val_ds = build_datasets(cfg, bundle, "v1")
+    trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage3", group_lrs={"vision_tower": 1e-5})
+    opt = trainer.create_optimizer()
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr: dict[float, set[str]] = {}
+    for group in opt.param_groups:
+        by_lr.setdefault(group["lr"], set()).update(names[id(p)] for p in group["params"])
+        if group["weight_decay"]:  # biases and norms are exempt from decay, as in the stock Trainer
+            assert not any(names[id(p)].endswith("bias") for p in group["params"])
+    assert set(by_lr) == {1e-3, 1e-5}
+    assert by_lr[1e-5] and all("vision_tower" in n for n in by_lr[1e-5])
+    assert not any("vision_tower" in n for n in by_lr[1e-3])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert by_lr[1e-3] | by_lr[1e-5] == trainable
+
+
+def test_vision_tower_lr_needs_a_training_tower(tiny_model_dir, manifest, tmp_path):
+    with pytest.raises(ValueError, match="vision_tower_lr=1e-05 has no effect with train_vision_tower=false"):
+        _cfg(Stage3Config, tiny_model_dir, manifest, tmp_path / "o", vision_tower_lr=1e-5)
+    with pytest.raises(ValueError, match="vision_tower_lr=-1.0 must be > 0"):
+        _cfg(Stage3Config, tiny_model_dir, manifest, tmp_path / "o", vision_tower_lr=-1.0, train_vision_tower=True)
 
 
 def test_resume_is_exact(tiny_model_dir, manifest, tmp_path):

@@ -51,9 +51,17 @@ class Stage3Config(TrainConfig):
     #: also train the whole vision tower (not the paper's recipe, which keeps it frozen; the
     #: adapter export then carries the tower's weights too)
     train_vision_tower: bool = False
+    #: peak learning rate of the vision tower when it trains (None: the run's ``learning_rate``);
+    #: a pretrained tower usually wants a much lower one than the LoRA matrices
+    vision_tower_lr: float | None = None
 
     def __post_init__(self) -> None:
         problems = self._check_common()
+        if self.vision_tower_lr is not None and not self.train_vision_tower:
+            problems.append(f"vision_tower_lr={self.vision_tower_lr} has no effect with train_vision_tower=false; "
+                            "set train_vision_tower=true or drop vision_tower_lr")
+        if self.vision_tower_lr is not None and self.vision_tower_lr <= 0:
+            problems.append(f"vision_tower_lr={self.vision_tower_lr} must be > 0 (or null for the run's learning_rate)")
         if self.prompt_format != "v1":
             problems.append(f"prompt_format {self.prompt_format!r}: stage 3 trains the 'v1' format only")
         if problems:
@@ -79,7 +87,8 @@ def run_stage3(cfg: Stage3Config) -> Path:
     logger.info("stage 3: training %d of %d parameters (LoRA r=%d on the LM + projector%s)", trainable, total,
                 cfg.lora.r, " + vision tower" if cfg.train_vision_tower else "")
     train_ds, val_ds = build_datasets(cfg, bundle, cfg.prompt_format)
-    trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage3")
+    group_lrs = {"vision_tower": cfg.vision_tower_lr} if cfg.train_vision_tower and cfg.vision_tower_lr else None
+    trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage3", group_lrs=group_lrs)
     resume = resolve_resume(cfg)
     if resume:
         logger.info("stage 3: resuming from %s", resume)
