@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from llavarad.config import config_to_dict
 
@@ -198,32 +198,29 @@ def _use_bf16(cfg: TrainConfig) -> bool:
     return bool(cuda and torch.cuda.is_bf16_supported())
 
 
-def _group_lr_trainer_class():
-    """A ``Trainer`` whose optimizer gives parameters whose name contains a key their own learning rate."""
-    from transformers import Trainer
+class GroupLrTrainer(Trainer):
+    """A ``Trainer`` whose optimizer gives parameters whose name contains a key of ``group_lrs`` that
+    key's peak learning rate (weight-decay exemptions as in the stock ``Trainer``)."""
 
-    class GroupLrTrainer(Trainer):
-        def __init__(self, *args, group_lrs: dict[str, float] | None = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.group_lrs = dict(group_lrs or {})
+    def __init__(self, *args, group_lrs: dict[str, float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group_lrs = dict(group_lrs or {})
 
-        def create_optimizer(self, model=None):
-            if self.optimizer is not None or not self.group_lrs:
-                return super().create_optimizer(model)
-            opt_model = self.model if model is None else model
-            decay = set(self.get_decay_parameter_names(opt_model))
-            groups: dict[tuple[float, float], list] = {}
-            for name, p in opt_model.named_parameters():
-                if not p.requires_grad:
-                    continue
-                lr = next((v for key, v in self.group_lrs.items() if key in name), self.args.learning_rate)
-                groups.setdefault((lr, self.args.weight_decay if name in decay else 0.0), []).append(p)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            self.optimizer = optimizer_cls([{"params": ps, "lr": lr, "weight_decay": wd}
-                                            for (lr, wd), ps in groups.items()], **optimizer_kwargs)
-            return self.optimizer
-
-    return GroupLrTrainer
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or not self.group_lrs:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[float, float], list] = {}
+        for name, p in opt_model.named_parameters():
+            if not p.requires_grad:
+                continue
+            lr = next((v for key, v in self.group_lrs.items() if key in name), self.args.learning_rate)
+            groups.setdefault((lr, self.args.weight_decay if name in decay else 0.0), []).append(p)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls([{"params": ps, "lr": lr, "weight_decay": wd}
+                                        for (lr, wd), ps in groups.items()], **optimizer_kwargs)
+        return self.optimizer
 
 
 def make_trainer(cfg: TrainConfig, model, bundle, train_ds, val_ds, *, stage: str,
@@ -284,7 +281,7 @@ def make_trainer(cfg: TrainConfig, model, bundle, train_ds, val_ds, *, stage: st
     collator = LlavaCollator(pad_token_id=int(bundle.tokenizer.pad_token_id), image_token_id=bundle.image_token_id,
                              num_image_tokens=bundle.num_image_tokens)
     config_dict = {"stage": stage, **config_to_dict(cfg)}
-    trainer = _group_lr_trainer_class()(
+    trainer = GroupLrTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
         callbacks=[JsonlLogCallback(Path(cfg.output_dir) / "train_log.jsonl"), ConfigSnapshotCallback(config_dict)],
         group_lrs=group_lrs)
