@@ -90,7 +90,8 @@ class CxrClipConfig:
         context_length: maximum text tokens (256); longer reports are truncated, and counted.
         text_proj: ``mlp`` (Linear-GELU-Linear, BiomedCLIP) or ``linear``.
         image_pool: the image embedding's source: ``cls`` (the CLS token after the final layer norm,
-            BiomedCLIP) or ``mean`` (the mean of the final patch tokens, timm's ``avg`` pooling).
+            BiomedCLIP), ``mean`` (the mean of the final patch tokens, timm's ``avg`` pooling) or
+            ``max`` (their per-dimension maximum).
             ``mean`` makes every region count in the embedding; on the CPU demo's 4-layer tower it
             leaves patch tokens that a small language model reads more easily (docs/training.md).
         text_proj_hidden: hidden size of the MLP head; default ``(text_width + embed_dim) // 2``.

@@ -87,7 +87,8 @@ def run_stage3(cfg: Stage3Config) -> Path:
     logger.info("stage 3: training %d of %d parameters (LoRA r=%d on the LM + projector%s)", trainable, total,
                 cfg.lora.r, " + vision tower" if cfg.train_vision_tower else "")
     train_ds, val_ds = build_datasets(cfg, bundle, cfg.prompt_format)
-    group_lrs = {"vision_tower": cfg.vision_tower_lr} if cfg.train_vision_tower and cfg.vision_tower_lr else None
+    # the config guarantees vision_tower_lr is only set when the tower trains
+    group_lrs = {"vision_tower": cfg.vision_tower_lr} if cfg.vision_tower_lr is not None else None
     trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage3", group_lrs=group_lrs)
     resume = resolve_resume(cfg)
     if resume:
