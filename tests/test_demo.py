@@ -70,6 +70,50 @@ def test_demo_config_validation():
         DemoConfig(stage1_image_pool="attention")
 
 
+def test_demo_config_takes_one_control_at_a_time():
+    assert DemoConfig(coded_images=True).coded_images
+    with pytest.raises(ValueError, match="blank_images and coded_images"):
+        DemoConfig(blank_images=True, coded_images=True)
+
+
+def test_coded_image_draws_one_square_per_category_at_its_place():
+    import numpy as np
+
+    from llavarad.demo import coded_image
+
+    px = np.asarray(coded_image({"cardiomegaly", "support_devices"}, 112))
+    assert px.shape == (112, 112)
+    assert (px[:28, :28] == 110).all() and (px[84:, 84:] == 250).all()  # first and last category
+    inner = px[1:-1, 1:-1]
+    assert (inner[:27, 27:] == 60).all() and (inner[27:83] == 60).all()  # everything else is background
+    empty = np.asarray(coded_image(set(), 56))
+    assert (empty[1:-1, 1:-1] == 60).all() and (empty[0] == 100).all()  # a frame: never a uniform image
+    with pytest.raises(ValueError, match=r"unknown finding categories \['pacemaker'\]"):
+        coded_image({"pacemaker"}, 112)
+
+
+def test_coded_manifest_maps_devices_to_one_category_and_keeps_every_record(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from llavarad.demo import _coded_manifest
+
+    rows = [{"id": "a", "image": "images/a.png", "split": "train", "findings": "x",
+             "phantom_findings": [{"finding": "central_line"}, {"finding": "lung_lesion"}]},
+            {"id": "b", "image": "images/b.png", "split": "test", "findings": "y", "phantom_findings": []}]
+    src = tmp_path / "manifest.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = _coded_manifest(src, tmp_path / "coded", 56)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in got] == ["a", "b"] and got[1]["findings"] == "y"
+    a = np.asarray(Image.open(got[0]["image"]))
+    assert (a[42:, 42:] == 250).all()  # support devices: last cell
+    assert (a[42:, 14:28] == 230).all()  # lung lesion: row 3, column 1
+    assert int((a >= 110).sum()) == 2 * 14 * 14
+    assert not (np.asarray(Image.open(got[1]["image"])) >= 110).any()
+    assert _coded_manifest(src, tmp_path / "coded", 56).read_text() == out.read_text()  # a rerun reuses the images
+
+
 def test_report_card_markdown_lists_metrics_losses_times_and_examples():
     card = {"data": {"phantoms": 10, "splits": {"train": 8, "test": 2}, "evaluated": 2, "blank_images": False},
             "metrics": {"Micro-F1-14": {"value": 91.5, "ci_low": 80.0, "ci_high": 99.0}},
@@ -109,3 +153,10 @@ def test_demo_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
     # the demo's settings reach the stages: mean-pooled CLIP in stage 1, dropout-free LoRA in stage 3
     assert json.loads((out / "stage1" / "clip_config.json").read_text())["config"]["image_pool"] == "mean"
     assert json.loads((out / "stage3" / "llavarad.json").read_text())["train_config"]["lora"]["dropout"] == 0.0
+    # the coded-images control shares the phantoms and LM but trains its own encoder on the codes
+    coded = run_demo(DemoConfig(**{**cfg.__dict__, "coded_images": True, "shared_from": out}), tmp_path / "coded")
+    assert coded["data"]["coded_images"] and coded["data"]["evaluated"] == card["data"]["evaluated"]
+    assert (tmp_path / "coded" / "stage1" / "image_encoder" / "config.json").is_file()
+    assert not (tmp_path / "coded" / "lm").exists() and not (tmp_path / "coded" / "phantoms").exists()
+    s1 = (tmp_path / "coded" / "stage1" / "stage1_config.yaml").read_text()
+    assert str(tmp_path / "coded" / "coded" / "manifest.jsonl") in s1

@@ -13,8 +13,13 @@ interrupted demo resumes where it stopped):
 8. ``report_card.md`` / ``report_card.json``: data counts, losses, timings, metrics, examples
 
 ``blank_images`` runs the same pipeline with every image replaced by a uniform grey one (a
-control: a model that reads the image must do far better than this). ``shared_from`` reuses the
-phantoms, language model and stage-1 encoder of another demo folder (used by the benchmark).
+control: a model that reads the image must do far better than this). ``coded_images`` replaces
+every image by a code of its findings, one square per finding category with its own place and
+grey level (a control at the other end: the image is trivially readable, so the score measures
+how well stages 1-3 learn to carry an unmistakable image signal into the report in the demo's
+budget; a low score there means the image path is broken, not the phantoms too hard).
+``shared_from`` reuses the phantoms and language model of another demo folder, and its stage-1
+encoder too unless ``coded_images`` (coded images need an encoder trained on them).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class DemoConfig:
     max_test: int | None = None
     max_new_tokens: int = 96
     blank_images: bool = False
+    coded_images: bool = False
     shared_from: Path | None = None
     num_examples: int = 4
 
@@ -102,6 +108,8 @@ class DemoConfig:
 
         if problem := image_pool_problem(self.stage1_image_pool, "stage1_image_pool"):
             problems.append(problem)
+        if self.blank_images and self.coded_images:
+            problems.append("blank_images and coded_images are two different controls: set at most one")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout={self.lora_dropout}: a probability in [0, 1), e.g. 0.05 as in the paper")
         if not 0 <= self.stage1_warmup < 1:
@@ -155,6 +163,57 @@ def _blank_manifest(src: Path, out_dir: Path, size: int) -> Path:
     with target.open("w", encoding="utf-8") as fh:
         for _, row in read_jsonl(src):
             fh.write(json.dumps({**row, "image": str(blank.resolve())}) + "\n")
+    return target
+
+
+#: Where each finding category's square sits in the coded images: a 4 x 4 grid, a checkerboard
+#: of cells so that no two codes touch (row, column).
+_CODE_CELLS = ((0, 0), (0, 2), (1, 1), (1, 3), (2, 0), (2, 2), (3, 1), (3, 3))
+
+
+def coded_image(categories: set[str], size: int):
+    """A dark image with one square (a quarter of the side) per present finding category.
+
+    Each category has its own place and its own grey level (110, 130, ... 250 in the order of
+    ``CATEGORIES``), so a finding is told apart by what its image tokens contain, not only by where
+    they are. A one-pixel frame (grey 100) keeps an image without findings from being uniform,
+    which the image reader would flag as blank.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from llavarad.data.phantom import CATEGORIES
+
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown finding categories {unknown}; expected some of {', '.join(CATEGORIES)}")
+    pixels = np.full((size, size), 100, dtype=np.uint8)
+    pixels[1:-1, 1:-1] = 60
+    cell = size // 4
+    for k, (category, (row, col)) in enumerate(zip(CATEGORIES, _CODE_CELLS)):
+        if category in categories:
+            pixels[row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = 110 + 20 * k
+    return Image.fromarray(pixels)  # uint8 (size, size): an "L" image
+
+
+def _coded_manifest(src: Path, out_dir: Path, size: int) -> Path:
+    """A copy of ``src`` with every image replaced by :func:`coded_image` of its findings."""
+    from llavarad.data.phantom import DEVICES
+    from llavarad.io.manifest import read_jsonl
+
+    images = out_dir / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "manifest.jsonl"
+    partial = target.with_suffix(".partial")
+    with partial.open("w", encoding="utf-8") as fh:
+        for _, row in read_jsonl(src):
+            found = {f["finding"] for f in row.get("phantom_findings") or []}
+            categories = {"support_devices" if f in DEVICES else f for f in found}
+            path = images / f"{row['id']}.png"
+            if not path.is_file():
+                coded_image(categories, size).save(path)
+            fh.write(json.dumps({**row, "image": str(path.resolve())}) + "\n")
+    partial.replace(target)
     return target
 
 
@@ -235,7 +294,13 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     timer.run("phantoms", manifest.is_file() and (phantoms / "DONE").is_file(), make_phantoms)
     (phantoms / "DONE").touch()
 
-    train_manifest = _blank_manifest(manifest, out / "blank", cfg.image_size) if cfg.blank_images else manifest
+    if cfg.blank_images:
+        train_manifest = _blank_manifest(manifest, out / "blank", cfg.image_size)
+    elif cfg.coded_images:
+        train_manifest = _coded_manifest(manifest, out / "coded", cfg.image_size)
+        stage1_dir = out / "stage1"  # an encoder that has seen the codes, not the shared one
+    else:
+        train_manifest = manifest
 
     def make_lm():
         from llavarad.io.manifest import read_manifest
@@ -249,8 +314,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     def make_stage1():
         from llavarad.train.stage1_encoder import Stage1Config, run_stage1
 
-        s1 = Stage1Config(manifest=str(train_manifest if cfg.shared_from is None else manifest),
-                          output_dir=str(stage1_dir), val_manifest=str(manifest), val_splits=["validate"],
+        s1_manifest = train_manifest if cfg.shared_from is None or cfg.coded_images else manifest
+        s1 = Stage1Config(manifest=str(s1_manifest),
+                          output_dir=str(stage1_dir), val_manifest=str(s1_manifest), val_splits=["validate"],
                           preset=cfg.preset, image_size=cfg.image_size, embed_dim=128, context_length=96,
                           tokenizer_vocab_size=1000, epochs=cfg.stage1_epochs, per_device_batch_size=cfg.stage1_batch,
                           lr=cfg.stage1_lr, warmup_ratio=cfg.stage1_warmup, image_pool=cfg.stage1_image_pool,
@@ -342,7 +408,8 @@ def _write_card(cfg: DemoConfig, out: Path, manifest: Path, lm_dir: Path, stage1
               "stage3": {"first": s3.get("first_loss"), "final": s3.get("final_loss")}}
     card = {
         "data": {"phantoms": sum(splits.values()), "splits": splits, "evaluated": metrics.get("n"),
-                 "blank_images": cfg.blank_images, "generation_errors": sum(1 for r in rows if r.get("error"))},
+                 "blank_images": cfg.blank_images, "coded_images": cfg.coded_images,
+                 "generation_errors": sum(1 for r in rows if r.get("error"))},
         "losses": losses,
         "timings_s": {**{k: v for k, v in timings.items() if k != "cpu_s"},
                       "total": round(sum(v for v in timings.values() if isinstance(v, (int, float))), 1)},
@@ -363,10 +430,13 @@ def _fmt(x: Any) -> str:
 
 def _card_markdown(card: dict[str, Any]) -> str:
     d = card["data"]
+    control = (" with BLANK images (control)" if d["blank_images"] else
+               " with CODED images (control: each finding a square with its own place and grey level)"
+               if d.get("coded_images") else "")
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(d["splits"].items()))
     lines = ["# llavarad demo report card", "",
-             f"Synthetic phantoms: {d['phantoms']} ({', '.join(f'{k} {v}' for k, v in sorted(d['splits'].items()))}); "
-             f"evaluated on {d['evaluated']} held-out test phantoms" + (" with BLANK images (control)"
-                                                                        if d["blank_images"] else "") + ".", "",
+             f"Synthetic phantoms: {d['phantoms']} ({splits}); evaluated on {d['evaluated']} held-out test phantoms{control}.",
+             "",
              "## Metrics (rule labeler, 14 CheXpert observations; 95% bootstrap CI)", "",
              "| metric | value | CI |", "|---|---|---|"]
     for name, m in card["metrics"].items():

@@ -124,8 +124,11 @@ def register(group: click.Group) -> None:
     @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for every stage's output.")
     @click.option("--n", "n_images", type=int, default=None, help="Number of phantoms (default: the demo's setting).")
     @click.option("--blank-images", is_flag=True, help="Train and evaluate on blank images (a control run).")
+    @click.option("--coded-images", is_flag=True,
+                  help="Train and evaluate on images that draw each finding as a square at a fixed place (a control "
+                       "run: how well the language side reads a trivially readable image).")
     @click.option("--fresh", is_flag=True, help="Redo every stage even when its output exists.")
-    def demo_cmd(out: Path, n_images: int | None, blank_images: bool, fresh: bool) -> None:
+    def demo_cmd(out: Path, n_images: int | None, blank_images: bool, coded_images: bool, fresh: bool) -> None:
         """Run the whole system on synthetic phantoms on CPU and write a report card.
 
         Phantoms -> tokenizer + tiny language model -> stage 1 -> assembly -> stage 2 -> stage 3 ->
@@ -141,9 +144,11 @@ def register(group: click.Group) -> None:
         from llavarad.demo import DemoConfig, run_demo
 
         console = Console(stderr=True)
-        cfg = DemoConfig(blank_images=blank_images)
-        if n_images is not None:
-            cfg = DemoConfig(n=n_images, blank_images=blank_images)
+        try:
+            cfg = DemoConfig(blank_images=blank_images, coded_images=coded_images,
+                             **({} if n_images is None else {"n": n_images}))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
 
         def progress(stage: str, status: str, seconds: float | None) -> None:
             tail = f" ({seconds:.1f} s)" if seconds is not None else ""
