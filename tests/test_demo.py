@@ -133,6 +133,14 @@ def test_cli_demo_help():
     assert main(["train", "stage3", "--help"]) == 0
 
 
+def test_cli_demo_refuses_two_controls_before_doing_anything(tmp_path, capsys):
+    from llavarad.cli import main
+
+    assert main(["demo", "--blank-images", "--coded-images", "--out", str(tmp_path / "d")]) == 2
+    assert "set at most one" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
     pytest.importorskip("llavarad.train.stage1_encoder")

@@ -125,8 +125,8 @@ def register(group: click.Group) -> None:
     @click.option("--n", "n_images", type=int, default=None, help="Number of phantoms (default: the demo's setting).")
     @click.option("--blank-images", is_flag=True, help="Train and evaluate on blank images (a control run).")
     @click.option("--coded-images", is_flag=True,
-                  help="Train and evaluate on images that draw each finding as a square at a fixed place (a control "
-                       "run: how well the language side reads a trivially readable image).")
+                  help="Train and evaluate on images that draw each finding category as a square with its own place "
+                       "and grey level (a control run: what stages 1-3 make of an unmistakable image signal).")
     @click.option("--fresh", is_flag=True, help="Redo every stage even when its output exists.")
     def demo_cmd(out: Path, n_images: int | None, blank_images: bool, coded_images: bool, fresh: bool) -> None:
         """Run the whole system on synthetic phantoms on CPU and write a report card.
