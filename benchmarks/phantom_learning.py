@@ -1,18 +1,18 @@
 """Proof that the three-stage pipeline learns to read images: micro-F1 on held-out phantoms.
 
 Runs ``llavarad demo`` (phantoms -> LM pretraining -> stages 1-3 -> generation -> evaluation),
-then two controls on the same held-out phantoms:
+then three controls on the same held-out phantoms:
 
 - blank images: the same stage 2 + stage 3 training and generation with every image replaced by a
   uniform grey one (the phantoms, LM and stage-1 encoder are shared with the main run); a model
   that reads the image must do far better than this text-prior-only model;
 - stage 2 alone (the paper's Variant #5): the aligned model without stage-3 fine-tuning,
   generating in the "plain" format without the indication;
-- coded images (``--coded``, on by default): the same pipeline, stage 1 included, on images that
-  draw each finding category as a bright square at a fixed place. A linear probe on the encoder's
-  tokens reads these perfectly, so this score is what the language side (projector + LoRA on the
-  small LM, in the demo's step budget) makes of a trivially readable image: an upper bound of the
-  main score that does not depend on how hard the phantoms are to see.
+- coded images (skip with ``--no-coded``): the same pipeline, stage 1 included, on images that
+  draw each finding category as a square with its own place and grey level. The image is
+  trivially readable, so this score is what stages 1-3 (encoder, projector, LoRA on the small LM,
+  in the demo's step budget) make of an unmistakable image signal: near 1 when the image path
+  works, whatever the phantoms' difficulty (docs/training.md, "The coded-image control").
 
 Metric: micro-averaged F1 over the 14 CheXpert observations (positive vs not; uncertain counted
 as negative) of the rule labeler applied to generated vs reference findings.

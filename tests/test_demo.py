@@ -112,6 +112,11 @@ def test_coded_manifest_maps_devices_to_one_category_and_keeps_every_record(tmp_
     assert int((a >= 110).sum()) == 2 * 14 * 14
     assert not (np.asarray(Image.open(got[1]["image"])) >= 110).any()
     assert _coded_manifest(src, tmp_path / "coded", 56).read_text() == out.read_text()  # a rerun reuses the images
+    assert not list((tmp_path / "coded" / "images").glob("*.tmp"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**rows[1], "id": "c", "phantom_findings": [{"finding": "fracture"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl line 1 \(record 'c'\): unknown finding categories \['fracture'\]"):
+        _coded_manifest(bad, tmp_path / "coded_bad", 56)
 
 
 def test_report_card_markdown_lists_metrics_losses_times_and_examples():

@@ -206,12 +206,18 @@ def _coded_manifest(src: Path, out_dir: Path, size: int) -> Path:
     target = out_dir / "manifest.jsonl"
     partial = target.with_suffix(".partial")
     with partial.open("w", encoding="utf-8") as fh:
-        for _, row in read_jsonl(src):
+        for line_no, row in read_jsonl(src):
             found = {f["finding"] for f in row.get("phantom_findings") or []}
             categories = {"support_devices" if f in DEVICES else f for f in found}
             path = images / f"{row['id']}.png"
-            if not path.is_file():
-                coded_image(categories, size).save(path)
+            if not path.is_file():  # written whole or not at all, so a resumed run can trust it
+                try:
+                    image = coded_image(categories, size)
+                except ValueError as exc:
+                    raise ValueError(f"{src} line {line_no} (record {row['id']!r}): {exc}") from exc
+                tmp = path.with_name(path.name + ".tmp")
+                image.save(tmp, format="PNG")
+                tmp.replace(path)
             fh.write(json.dumps({**row, "image": str(path.resolve())}) + "\n")
     partial.replace(target)
     return target
