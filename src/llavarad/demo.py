@@ -36,7 +36,7 @@ from llavarad.train.lm_pretrain import LmPretrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoConfig", "STAGES", "evaluate_stage2_only", "run_demo"]
+__all__ = ["DemoConfig", "STAGES", "coded_image", "evaluate_stage2_only", "run_demo"]
 
 STAGES = ("phantoms", "lm", "stage1", "init", "stage2", "stage3", "generate", "evaluate", "report")
 ProgressFn = Callable[[str, str, "float | None"], None]
