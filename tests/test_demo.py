@@ -119,6 +119,20 @@ def test_coded_manifest_maps_devices_to_one_category_and_keeps_every_record(tmp_
         _coded_manifest(bad, tmp_path / "coded_bad", 56)
 
 
+def test_blank_manifest_points_every_record_at_one_grey_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from llavarad.demo import _blank_manifest
+
+    src = tmp_path / "manifest.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "image": f"images/{i}.png", "findings": "x"}) + "\n" for i in "ab"))
+    got = [json.loads(line) for line in _blank_manifest(src, tmp_path / "blank", 28).read_text().splitlines()]
+    assert [r["id"] for r in got] == ["a", "b"] and got[0]["image"] == got[1]["image"]
+    assert (np.asarray(Image.open(got[0]["image"])) == 128).all()
+    assert not list((tmp_path / "blank").glob("*.tmp")) and not list((tmp_path / "blank").glob("*.partial"))
+
+
 def test_report_card_markdown_lists_metrics_losses_times_and_examples():
     card = {"data": {"phantoms": 10, "splits": {"train": 8, "test": 2}, "evaluated": 2, "blank_images": False},
             "metrics": {"Micro-F1-14": {"value": 91.5, "ci_low": 80.0, "ci_high": 99.0}},

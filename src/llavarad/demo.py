@@ -150,20 +150,37 @@ def _is_model(folder: Path) -> bool:
     return (folder / "llavarad.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+def _manifest_with_images(src: Path, target: Path, image_for: Callable[[int, dict[str, Any]], Path]) -> Path:
+    """A copy of the manifest ``src`` at ``target`` with each row's image replaced by ``image_for(line, row)``.
+
+    Written to a temporary file and renamed, so a killed run never leaves a partial manifest.
+    """
+    from llavarad.io.manifest import read_jsonl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    with partial.open("w", encoding="utf-8") as fh:
+        for line_no, row in read_jsonl(src):
+            fh.write(json.dumps({**row, "image": str(image_for(line_no, row).resolve())}) + "\n")
+    partial.replace(target)
+    return target
+
+
+def _save_whole(image, path: Path) -> None:
+    """Save a PIL image as PNG via a temporary name, so a file at ``path`` is always complete."""
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
 def _blank_manifest(src: Path, out_dir: Path, size: int) -> Path:
     """A copy of ``src`` with every image replaced by one uniform grey PNG."""
     from PIL import Image
 
-    from llavarad.io.manifest import read_jsonl
-
     out_dir.mkdir(parents=True, exist_ok=True)
     blank = out_dir / "blank.png"
-    Image.new("L", (size, size), 128).save(blank)
-    target = out_dir / "manifest.jsonl"
-    with target.open("w", encoding="utf-8") as fh:
-        for _, row in read_jsonl(src):
-            fh.write(json.dumps({**row, "image": str(blank.resolve())}) + "\n")
-    return target
+    _save_whole(Image.new("L", (size, size), 128), blank)
+    return _manifest_with_images(src, out_dir / "manifest.jsonl", lambda line_no, row: blank)
 
 
 #: Where each finding category's square sits in the coded images: a 4 x 4 grid, a checkerboard
@@ -199,28 +216,22 @@ def coded_image(categories: set[str], size: int):
 def _coded_manifest(src: Path, out_dir: Path, size: int) -> Path:
     """A copy of ``src`` with every image replaced by :func:`coded_image` of its findings."""
     from llavarad.data.phantom import DEVICES
-    from llavarad.io.manifest import read_jsonl
 
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "manifest.jsonl"
-    partial = target.with_suffix(".partial")
-    with partial.open("w", encoding="utf-8") as fh:
-        for line_no, row in read_jsonl(src):
+
+    def image_for(line_no: int, row: dict[str, Any]) -> Path:
+        path = images / f"{row['id']}.png"
+        if not path.is_file():  # always complete (_save_whole), so a resumed run reuses it
             found = {f["finding"] for f in row.get("phantom_findings") or []}
-            categories = {"support_devices" if f in DEVICES else f for f in found}
-            path = images / f"{row['id']}.png"
-            if not path.is_file():  # written whole or not at all, so a resumed run can trust it
-                try:
-                    image = coded_image(categories, size)
-                except ValueError as exc:
-                    raise ValueError(f"{src} line {line_no} (record {row['id']!r}): {exc}") from exc
-                tmp = path.with_name(path.name + ".tmp")
-                image.save(tmp, format="PNG")
-                tmp.replace(path)
-            fh.write(json.dumps({**row, "image": str(path.resolve())}) + "\n")
-    partial.replace(target)
-    return target
+            try:
+                image = coded_image({"support_devices" if f in DEVICES else f for f in found}, size)
+            except ValueError as exc:
+                raise ValueError(f"{src} line {line_no} (record {row['id']!r}): {exc}") from exc
+            _save_whole(image, path)
+        return path
+
+    return _manifest_with_images(src, out_dir / "manifest.jsonl", image_for)
 
 
 def _test_manifest(src: Path, out: Path, limit: int | None) -> Path:
