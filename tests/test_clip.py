@@ -125,6 +125,23 @@ def test_save_load_round_trip(tiny_clip, tmp_path):
     assert float(loaded.logit_scale.detach()) == pytest.approx(float(clip.logit_scale.detach()))
 
 
+def test_save_clip_writes_a_given_state_dict_in_float32(tiny_clip, tmp_path):
+    """A sharded run (ZeRO-3, FSDP) hands save_clip the engine's gathered state, often in bf16."""
+    clip = tiny_clip.eval()
+    state = {k: (v * 2 if k == "image_proj.weight" else v).to(torch.bfloat16) if v.is_floating_point() else v
+             for k, v in clip.state_dict().items()}
+    save_clip(clip, tmp_path / "clip", state_dict=state)
+    loaded = load_clip(tmp_path / "clip", device="cpu", dtype="float32")
+    got = loaded.state_dict()
+    assert set(got) == set(state)
+    for key, value in state.items():
+        assert got[key].dtype == (torch.float32 if value.is_floating_point() else value.dtype), key
+        assert torch.equal(got[key], value.float() if value.is_floating_point() else value), key
+    assert not torch.equal(got["image_proj.weight"], clip.state_dict()["image_proj.weight"].bfloat16().float())
+    with pytest.raises(ClipFolderError, match="missing.*logit_scale"):
+        save_clip(clip, tmp_path / "bad", state_dict={k: v for k, v in state.items() if k != "logit_scale"})
+
+
 @pytest.mark.parametrize("pool", ["mean", "max"])
 def test_patch_pooling_uses_the_patch_tokens_and_survives_a_round_trip(tmp_path, pool):
     clip = init_clip(image_size=56, vision_config=load_preset("tiny").vision, corpus=CORPUS, tokenizer_vocab_size=200,

@@ -101,6 +101,32 @@ def test_tiny_run_writes_clip_folder_and_records_bad_input(phantom_manifest, tmp
         assert n1 == n2 and torch.equal(p1, p2)
 
 
+def test_validation_through_the_prepared_model_equals_the_reference(phantom_manifest, tmp_path):
+    """Stage 1 validates through the prepared model's forward on every process (right under ZeRO-3
+    and FSDP, where the unwrapped weights are shards); on one process that must give exactly what
+    the plain retrieval path (encode_pairs on the unwrapped CLIP) gives, bad image included."""
+    from accelerate import Accelerator
+
+    from llavarad.model.clip import load_clip
+    from llavarad.retrieval import validation_metrics
+    from llavarad.train._stage1_data import Collator
+    from llavarad.train.stage1_encoder import _validate
+
+    out = run_stage1(_cfg(phantom_manifest, tmp_path / "run", max_steps=2))
+    clip = load_clip(out, device="cpu", dtype="float32")
+    pairs, _ = load_pairs(phantom_manifest, ["train", "validate"])
+    assert "broken" in {p.id for p in pairs}
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(clip)
+    collate = Collator(clip.tokenizer, clip.config.context_length, clip.config.image_size)
+    got, failures = _validate(accelerator, model, pairs, clip.image_processor, collate, batch_size=5, num_workers=0)
+    want = validation_metrics(clip, [(p.id, p.image, p.text) for p in pairs], batch_size=7)
+    assert [f["id"] for f in failures] == ["broken"]
+    assert got.keys() == want.keys() and got["val_n"] == len(pairs) - 1 and got["val_failed"] == 1
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+
+
 def test_killed_run_resumes_exactly(phantom_manifest, tmp_path):
     straight = run_stage1(_cfg(phantom_manifest, tmp_path / "a", max_steps=6, augment=True))
     part = run_stage1(_cfg(phantom_manifest, tmp_path / "b", max_steps=6, augment=True, stop_after_steps=3))
@@ -157,12 +183,28 @@ def test_two_process_run_equals_one_process_with_the_global_batch(phantom_manife
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(phantom_manifest), str(tmp_path / "ddp")), nprocs=2, join=True)
-    single = run_stage1(_cfg(phantom_manifest, tmp_path / "single", per_device_batch_size=8, max_steps=4))
+    single = run_stage1(_cfg(phantom_manifest, tmp_path / "single", per_device_batch_size=8, max_steps=4,
+                             val_manifest=str(phantom_manifest), val_splits=["validate", "test"]))
     ddp_rows = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
     ddp_log = [r for r in ddp_rows if "loss" in r]
     assert [r["row"] for r in ddp_rows if r["row"].startswith("val")] == ["val:final"]
-    one_log = [json.loads(line) for line in (single / "train_log.jsonl").read_text().splitlines()]
+    one_rows = [json.loads(line) for line in (single / "train_log.jsonl").read_text().splitlines()]
+    one_log = [r for r in one_rows if "loss" in r]
     # the broken image may fall in a batch: then both runs see 7 pairs there (uneven shards are exact too)
     assert [r["global_batch"] for r in ddp_log] == [r["global_batch"] for r in one_log]
     assert [r["loss"] for r in ddp_log] == pytest.approx([r["loss"] for r in one_log], rel=1e-4)
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["processes"] == 2
+    # validation sharded over the 2 processes and gathered = validation on one process
+    one_val = [r for r in one_rows if r["row"] == "val:final"]
+    ddp_val = [r for r in ddp_rows if r["row"] == "val:final"]
+    assert len(one_val) == len(ddp_val) == 1 and ddp_val[0]["val_n"] == one_val[0]["val_n"] > 0
+    for key, value in one_val[0].items():
+        if key.startswith("val_"):
+            assert ddp_val[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    # the exported weights are the same too (gathered through accelerator.get_state_dict)
+    from safetensors.torch import load_file
+
+    for name in ("heads.safetensors", "image_encoder/model.safetensors"):
+        a, b = load_file(str(single / name)), load_file(str(tmp_path / "ddp" / name))
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-4), (name, key)

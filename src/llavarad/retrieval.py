@@ -42,6 +42,7 @@ __all__ = [
     "RetrievalError",
     "chance_recall",
     "compute_ranks",
+    "embedding_validation_metrics",
     "encode_pairs",
     "encoder_hash",
     "evaluate_encoder",
@@ -232,18 +233,32 @@ def rank_metrics(ranks: np.ndarray, *, n_resamples: int = 500, seed: int = 0,
 def validation_metrics(clip, items: Sequence[tuple[str, str, str]], batch_size: int = 32) -> dict[str, float]:
     """Stage 1's per-epoch check: contrastive loss of the whole validation set as one batch, and
     pair-wise Recall@1/5 (fractions) in both directions. Keys are prefixed ``val_``."""
+    enc = encode_pairs(clip, items, batch_size=batch_size)
+    return embedding_validation_metrics(enc.image, enc.text, float(clip.scale().detach()),
+                                        n_failed=len(enc.failures))
+
+
+def embedding_validation_metrics(image: np.ndarray, text: np.ndarray, scale: float, *,
+                                 n_failed: int = 0) -> dict[str, float]:
+    """:func:`validation_metrics` from embeddings already computed: ``(N, E)`` L2-normalised image
+    and text embeddings (row ``i`` of each from pair ``i``) and the model's logit scale. Stage 1
+    computes them on every process of a distributed run and calls this on the gathered rows."""
     import torch
 
-    enc = encode_pairs(clip, items, batch_size=batch_size)
-    out = {"val_n": float(len(enc.ids)), "val_failed": float(len(enc.failures))}
-    if not enc.ids:
+    n = int(image.shape[0])
+    if text.shape[0] != n:
+        raise ValueError(f"{n} image embeddings but {text.shape[0]} text embeddings")
+    out = {"val_n": float(n), "val_failed": float(n_failed)}
+    if not n:
         return out
-    img, txt = torch.from_numpy(enc.image), torch.from_numpy(enc.text)
-    logits = float(clip.scale().detach()) * img @ txt.t()
-    labels = torch.arange(img.shape[0])
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    txt = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
+    logits = float(scale) * img @ txt.t()
+    labels = torch.arange(n)
     ce = torch.nn.functional.cross_entropy
     out["val_loss"] = float(0.5 * (ce(logits, labels) + ce(logits.t(), labels)))
-    for direction, r in compute_ranks(enc.image, enc.text, enc.texts, positives="pair").items():
+    # pair-wise positives: the texts only matter for "same_text"
+    for direction, r in compute_ranks(image, text, [""] * n, positives="pair").items():
         for k in (1, 5):
             out[f"val_{direction}_R@{k}"] = float((r <= k).mean())
     return out

@@ -379,23 +379,41 @@ def _versions() -> dict[str, str]:
     return versions()
 
 
-def save_clip(clip, out_dir: str | Path, *, train_config: dict[str, Any] | None = None) -> Path:
-    """Write a self-describing CLIP folder (see the module docstring); returns ``out_dir``."""
+def save_clip(clip, out_dir: str | Path, *, train_config: dict[str, Any] | None = None,
+              state_dict: dict[str, Any] | None = None) -> Path:
+    """Write a self-describing CLIP folder (see the module docstring); returns ``out_dir``.
+
+    ``state_dict``: the weights to write instead of ``clip``'s own, with ``clip.state_dict()``'s
+    keys. A sharded run (ZeRO-3, FSDP) passes the full state gathered by the engine here, since
+    its processes hold only shards of ``clip``'s parameters. Floating-point weights are written
+    in float32.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    state = clip.state_dict() if state_dict is None else state_dict
+    expected = set(clip.state_dict())
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ClipFolderError(f"save_clip: the state dict does not match the model (missing {missing[:5]}, "
+                              f"unexpected {extra[:5]}); pass the engine's full state dict of this CxrClip")
+
+    def part(prefix: str) -> dict[str, Any]:
+        return {k[len(prefix):]: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+                for k, v in state.items() if k.startswith(prefix)}
+
     img_dir, txt_dir = out / "image_encoder", out / "text_encoder"
-    clip.vision.save_pretrained(img_dir, safe_serialization=True)
+    clip.vision.save_pretrained(img_dir, state_dict=part("vision."), safe_serialization=True)
     if clip.image_processor is not None:
         clip.image_processor.save_pretrained(img_dir)
-    clip.text.save_pretrained(txt_dir, safe_serialization=True)
+    clip.text.save_pretrained(txt_dir, state_dict=part("text."), safe_serialization=True)
     if clip.tokenizer is not None:
         clip.tokenizer.save_pretrained(txt_dir)
-    heads = {f"image_proj.{k}": v for k, v in clip.image_proj.state_dict().items()}
-    heads.update({f"text_proj.{k}": v for k, v in clip.text_proj.state_dict().items()})
-    heads["logit_scale"] = clip.logit_scale.detach().reshape(1)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.items()}, str(out / HEADS_FILE))
+    heads = {f"image_proj.{k}": v for k, v in part("image_proj.").items()}
+    heads.update({f"text_proj.{k}": v for k, v in part("text_proj.").items()})
+    heads["logit_scale"] = part("logit_scale")[""].reshape(1)
+    save_file({k: v.float().contiguous() for k, v in heads.items()}, str(out / HEADS_FILE))
     meta = {"format_version": FORMAT_VERSION, "config": asdict(clip.config), "versions": _versions(),
             "train_config": train_config}
     tmp = out / (CLIP_CONFIG_FILE + ".tmp")

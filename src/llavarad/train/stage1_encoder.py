@@ -242,6 +242,67 @@ def _save_checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
+def _validate(accelerator, model, pairs: list[Pair], image_processor, collate, batch_size: int,
+              num_workers: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Validation metrics of ``pairs`` through the *prepared* model, on every process.
+
+    Each process embeds every ``world``-th pair; all processes run the same number of forward
+    passes (the short ones repeat a pair, dropped again after the gather), because under ZeRO-3
+    and FSDP a forward pass gathers the sharded weights from every process, and DDP may sync
+    buffers in it. Nothing reads the unwrapped model's weights, so the same code is right for one
+    CPU, DDP, ZeRO-2/3 and FSDP. Returns the metrics (on every process) and the unreadable images.
+    """
+    import numpy as np
+    import torch
+    from accelerate.utils import gather_object
+    from torch.utils.data import DataLoader, Subset
+
+    from llavarad.retrieval import embedding_validation_metrics
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_process = math.ceil(len(pairs) / world)
+    mine = list(range(rank, len(pairs), world)) or [0]
+    mine += [mine[0]] * (per_process - len(mine))  # pad: every process makes the same forward passes
+    dataset = PairDataset(pairs, image_processor, augment=False, crop_scale=(1.0, 1.0), seed=0)
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate)
+    ids: list[str] = []
+    img_rows, txt_rows, bad = [], [], []
+    scale = float("nan")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                img, txt, batch_scale = model(batch["pixel_values"].to(accelerator.device),
+                                              batch["input_ids"].to(accelerator.device),
+                                              batch["attention_mask"].to(accelerator.device))
+                ids.extend(batch["ids"])
+                img_rows.append(img.float().cpu().numpy())
+                txt_rows.append(txt.float().cpu().numpy())
+                bad.extend(batch["bad"])
+                scale = float(batch_scale.detach().float())
+    finally:
+        model.train(was_training)
+    local = [(ids, np.concatenate(img_rows) if img_rows else None, np.concatenate(txt_rows) if txt_rows else None,
+              bad)]
+    parts = gather_object(local) if world > 1 else local
+    order = {p.id: i for i, p in enumerate(pairs)}
+    rows: dict[str, tuple[Any, Any]] = {}
+    failures: dict[str, dict[str, Any]] = {}
+    for part_ids, part_img, part_txt, part_bad in parts:
+        for j, item_id in enumerate(part_ids):
+            rows.setdefault(item_id, (part_img[j], part_txt[j]))
+        for row in part_bad:
+            failures.setdefault(row["id"], row)
+    kept = sorted(rows, key=order.__getitem__)
+    dim = int(img_rows[0].shape[1]) if img_rows else 0
+    image = np.stack([rows[k][0] for k in kept]) if kept else np.zeros((0, dim), np.float32)
+    text = np.stack([rows[k][1] for k in kept]) if kept else np.zeros((0, dim), np.float32)
+    metrics = embedding_validation_metrics(image, text, scale, n_failed=len(failures))
+    return metrics, sorted(failures.values(), key=lambda r: order[r["id"]])
+
+
 def _run_tokenizer(cfg: Stage1Config, corpus: list[str], accelerator):
     """The tokenizer of a run whose text tower is random: trained once on the main process, saved
     under ``checkpoints/tokenizer`` and loaded from there by every process and every resumed run
@@ -293,7 +354,6 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
     from torch.utils.data import DataLoader
 
     from llavarad.model.clip import contrastive_loss, save_clip
-    from llavarad.retrieval import validation_metrics
 
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
@@ -343,9 +403,9 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
     sampler = EpochSampler(len(pairs), cfg.seed)
     # drop_last: the contrastive loss needs full global batches; the pairs left over differ per epoch
     # (the order is reshuffled), and their number is logged below.
+    collate = Collator(tokenizer, cfg.context_length, model.config.image_size)
     loader = DataLoader(dataset, batch_size=cfg.per_device_batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers, collate_fn=Collator(tokenizer, cfg.context_length,
-                                                                        model.config.image_size))
+                        num_workers=cfg.num_workers, collate_fn=collate)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -381,16 +441,17 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
     last_val_step = -1
 
     def validate(tag: str) -> None:
+        # every process takes part (see _validate); only the main one writes the row
         nonlocal last_val_step
+        metrics, failures = _validate(accelerator, model, val_pairs, image_processor, collate,
+                                      cfg.per_device_batch_size, cfg.num_workers)
         if main:
-            model.eval()
-            metrics = validation_metrics(unwrapped, [(p.id, p.image, p.text) for p in val_pairs],
-                                         cfg.per_device_batch_size)
+            for row in failures:
+                logger.warning("validation sample %s: unreadable image, left out (%s)", row["id"], row["error"])
             logger.info("validation (%s, step %d): %s", tag, state.global_step, metrics)
             row = {"row": tag, "step": state.global_step, "epoch": state.epoch, **metrics}
             if tag not in log.done:
                 log.write(row)
-            model.train()
         last_val_step = state.global_step
         accelerator.wait_for_everyone()
 
@@ -427,6 +488,8 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
                 step_lr = scheduler.get_last_lr()[0]  # the lr this step was taken with
                 scheduler.step()
                 with torch.no_grad():
+                    # A no-op on processes that do not hold this weight (ZeRO-3, FSDP): there the
+                    # clamp inside CxrClip.scale() is what bounds the temperature.
                     unwrapped.logit_scale.clamp_(0.0, max_log_scale)
                 state.global_step += 1
                 step = state.global_step
@@ -435,11 +498,12 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
                     mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
                     elapsed = time.perf_counter() - t_start
                     row = {"row": f"train:{step}", "step": step, "epoch": epoch, "loss": round(mean_loss, 6),
-                           "lr": step_lr, "logit_scale": float(unwrapped.logit_scale.detach()),
-                           "temperature": 1.0 / float(unwrapped.scale().detach()), "acc_i2t": stats["acc_i2t"],
+                           # from the forward's output, not the weight: right when weights are sharded
+                           "lr": step_lr, "logit_scale": math.log(float(scale.detach().float())),
+                           "temperature": 1.0 / float(scale.detach().float()), "acc_i2t": stats["acc_i2t"],
                            "acc_t2i": stats["acc_t2i"], "global_batch": int(stats["global_batch"]),
                            "samples_per_s": round((state.samples_seen - samples_at_start) / max(elapsed, 1e-9), 3)}
-                    if cfg.max_grad_norm is not None:
+                    if cfg.max_grad_norm is not None and grad_norm is not None:  # DeepSpeed may give None
                         row["grad_norm"] = float(grad_norm)
                     if main and row["row"] not in log.done:
                         log.write(row)
@@ -466,9 +530,11 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
             bad_log.close()
 
     finished = state.global_step >= total_steps
+    # Every process calls this: under ZeRO-3 and FSDP it gathers the sharded weights to the main one.
+    full_state = accelerator.get_state_dict(model)
     if main:
         unwrapped.eval()
-        save_clip(unwrapped, out, train_config=config_to_dict(cfg))
+        save_clip(unwrapped, out, train_config=config_to_dict(cfg), state_dict=full_state)
         summary = {"finished": finished, "global_step": state.global_step, "total_steps": total_steps,
                    "epochs_done": state.epoch, "pairs": len(pairs), "skipped_records": len(skipped),
                    "bad_samples_this_run": n_bad, "truncated_texts_this_run": n_truncated,
