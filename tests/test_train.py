@@ -275,6 +275,69 @@ def test_grad_accumulation_from_global_batch():
         grad_accumulation(64, 6, 1)
 
 
+@pytest.mark.parametrize("rank0", [True, False])
+def test_sharded_export_gathers_on_every_rank_and_rebuilds_outside_zero3_init(rank0):
+    """The export of a ZeRO-3 run: every process takes part in the gather; rank 0 rebuilds the
+    model with ZeRO-3's partitioned init lifted (transformers would otherwise build it inside
+    deepspeed.zero.Init, a collective that one process alone never finishes) and the run's setting
+    comes back afterwards. DeepSpeed itself is not needed: the switch is transformers' own."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    from llavarad.train._common import gather_trained_model
+
+    class Zero3Config:  # what HfDeepSpeedConfig answers for a stage-3 config
+        config = {"zero_optimization": {"stage": 3}}
+
+        def is_zero3(self):
+            return True
+
+    run_config = Zero3Config()
+
+    class Plugin:
+        def set_deepspeed_weakref(self):
+            set_hf_deepspeed_config(run_config)
+
+    torch.manual_seed(0)
+    full = torch.nn.Linear(3, 2)
+    sharded = torch.nn.Linear(3, 2)
+    sharded.weight = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves outside its gather
+    calls = []
+
+    class Accelerator:
+        state = SimpleNamespace(deepspeed_plugin=Plugin())
+
+        def unwrap_model(self, model):
+            return model
+
+        def get_state_dict(self, model):
+            calls.append("gather")
+            return {k: v.clone() for k, v in full.state_dict().items()}
+
+    def rebuild():
+        calls.append(("rebuild", is_deepspeed_zero3_enabled()))
+        return torch.nn.Linear(3, 2)
+
+    trainer = SimpleNamespace(accelerator=Accelerator(), model_wrapped=sharded, is_world_process_zero=lambda: rank0)
+    Plugin().set_deepspeed_weakref()
+    try:
+        got = gather_trained_model(trainer, rebuild)
+        assert is_deepspeed_zero3_enabled()  # the run's setting is back
+    finally:
+        unset_hf_deepspeed_config()
+    if not rank0:
+        assert got is None and calls == ["gather"]  # took part in the gather, built nothing
+        return
+    assert calls == ["gather", ("rebuild", False)]
+    assert torch.equal(got.weight, full.weight) and torch.equal(got.bias, full.bias)
+
+
 def test_shipped_tiny_yamls_run_end_to_end_through_the_cli(tiny_model_dir, manifest, tmp_path, capsys):
     s2, s3 = tmp_path / "s2", tmp_path / "s3"
     common = [f"train_manifest={manifest}", "max_train_samples=8"]

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,8 @@ from llavarad.config import config_to_dict
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "CONFIG_FILE", "JsonlLogCallback", "ConfigSnapshotCallback", "build_datasets",
-           "count_parameters", "gather_trained_model", "grad_accumulation", "load_bundle", "make_trainer", "resolve_resume", "world_size", "write_summary"]
+           "count_parameters", "gather_trained_model", "grad_accumulation", "load_bundle", "make_trainer",
+           "plain_model_init", "resolve_resume", "world_size", "write_summary"]
 
 #: Name of the training config file written into every checkpoint and the final model folder.
 CONFIG_FILE = "llavarad_train_config.json"
@@ -329,11 +331,38 @@ def load_bundle(cfg: TrainConfig):
     return bundle
 
 
+@contextmanager
+def plain_model_init(trainer):
+    """Within this block ``from_pretrained`` builds an ordinary, unpartitioned model on this process.
+
+    Once a ZeRO-3 run is configured, transformers builds every model inside ``deepspeed.zero.Init``
+    (partitioned across all processes, with collectives). The rebuild of the trained model for the
+    export runs on rank 0 alone and must be a plain full copy, so the run's ZeRO-3 setting is lifted
+    for the block and put back afterwards from the accelerate DeepSpeed plugin that made it.
+    """
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
 def gather_trained_model(trainer, rebuild):
     """The trained model with full weights on rank 0 (None on other ranks).
 
     Under DeepSpeed ZeRO-3 or FSDP the parameters are sharded; the accelerator gathers a full state
-    dict and ``rebuild()`` makes an unsharded CPU copy of the same architecture to load it into.
+    dict (every process takes part) and ``rebuild()`` makes an unsharded CPU copy of the same
+    architecture on rank 0 (outside ZeRO-3's partitioned init, see :func:`plain_model_init`) to load
+    it into.
     """
     model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
     sharded = any(p.numel() == 0 for p in model.parameters()) or bool(getattr(trainer, "is_fsdp_enabled", False))
@@ -342,6 +371,7 @@ def gather_trained_model(trainer, rebuild):
         return None
     if not sharded:
         return model
-    fresh = rebuild()
+    with plain_model_init(trainer):
+        fresh = rebuild()
     fresh.load_state_dict(state, strict=True)
     return fresh
