@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     mem_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     print(f"train: {dt:.3f} s/step, {samples_s:.2f} samples/s, {tokens_s:.0f} tokens/s, "
           f"{flops / dt / 1e12:.1f} TFLOP/s model, MFU {mfu if mfu is None else f'{mfu:.3f}'}, "
-          f"peak memory {mem_gb if mem_gb is None else f'{mem_gb:.1f} GiB'}, loss {float(loss):.3f}")
+          f"peak memory {mem_gb if mem_gb is None else f'{mem_gb:.1f} GiB'}, loss {loss.item():.3f}")
 
     # Generation: greedy, fixed number of new tokens, KV cache, merged weights.
     del opt

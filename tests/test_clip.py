@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -215,11 +214,12 @@ def _data():
     return torch.randn(n, 6, generator=g), torch.randn(n, 6, generator=g)
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no TCP port that another process could take between choosing and binding it
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=world)
     try:
         raw_img, raw_txt = _data()
         lo = sum(_SIZES[:rank])
@@ -235,12 +235,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_per_process_shares_average_to_the_global_loss_and_gradients():
@@ -276,7 +270,7 @@ def test_gather_with_grad_equals_one_big_batch(tmp_path):
 
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     raw_img, raw_txt = _data()
     img, txt = raw_img.clone().requires_grad_(True), raw_txt.clone().requires_grad_(True)
     loss, _ = contrastive_loss(torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1),

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llavarad.model.presets import ImagePool
 from llavarad.train.lm_pretrain import LmPretrainConfig
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class DemoConfig:
     stage1_warmup: float = 0.1
     #: image embedding of the CLIP objective: "mean" of the patch tokens makes every region count, so
     #: the tokens the language model reads carry small findings too (micro-F1 0.61 vs 0.565 with "cls")
-    stage1_image_pool: Literal["cls", "mean", "max"] = "mean"
+    stage1_image_pool: ImagePool = "mean"
     stage2_epochs: float = 0.5
     stage2_lr: float = 2e-3
     stage3_epochs: float = 0.75

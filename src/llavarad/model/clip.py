@@ -27,10 +27,12 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+
+from llavarad.model.presets import ImagePool
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
 }
 
 
-IMAGE_POOLS = ("cls", "mean", "max")
+IMAGE_POOLS = get_args(ImagePool)
 
 
 def image_pool_problem(value: Any, field_name: str = "image_pool") -> str | None:
@@ -105,7 +107,7 @@ class CxrClipConfig:
     context_length: int = 256
     text_proj: Literal["mlp", "linear"] = "mlp"
     text_proj_hidden: int | None = None
-    image_pool: Literal["cls", "mean", "max"] = "cls"
+    image_pool: ImagePool = "cls"
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
     vision_width: int = 0
@@ -305,7 +307,7 @@ def init_clip(
     embed_dim: int = 512,
     context_length: int = 256,
     text_proj: Literal["mlp", "linear"] = "mlp",
-    image_pool: Literal["cls", "mean", "max"] = "cls",
+    image_pool: ImagePool = "cls",
     logit_scale_init: float = math.log(1 / 0.07),
     logit_scale_max: float = 100.0,
     seed: int = 0,

@@ -14,7 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ModelPreset", "PresetError", "list_presets", "load_preset"]
+__all__ = ["ImagePool", "ModelPreset", "PresetError", "list_presets", "load_preset"]
+
+#: How a CLIP image tower turns its tokens into one embedding: the CLS token, or the mean or maximum
+#: of the patch tokens (one definition for every config that offers the choice).
+ImagePool = Literal["cls", "mean", "max"]
 
 _REQUIRED_VISION = ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size")
 _REQUIRED_TEXT = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")

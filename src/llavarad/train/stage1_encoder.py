@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from llavarad.config import config_to_dict, save_config
 from llavarad.io.manifest import SPLITS, JsonlWriter
+from llavarad.model.presets import ImagePool
 from llavarad.train._stage1_data import (  # noqa: F401 - re-exported
     Collator,
     EpochSampler,
@@ -84,7 +85,7 @@ class Stage1Config:
     embed_dim: int = 512
     context_length: int = 256
     text_proj: Literal["mlp", "linear"] = "mlp"
-    image_pool: Literal["cls", "mean", "max"] = "cls"
+    image_pool: ImagePool = "cls"
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
     epochs: int = 1
