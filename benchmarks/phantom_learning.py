@@ -17,9 +17,11 @@ then three controls on the same held-out phantoms:
 Metric: micro-averaged F1 over the 14 CheXpert observations (positive vs not; uncertain counted
 as negative) of the rule labeler applied to generated vs reference findings.
 
-    python benchmarks/phantom_learning.py [--out DIR] [--n 8000]
+    python benchmarks/phantom_learning.py [--out DIR] [--n 8000] [--set KEY=VALUE ...]
 
-Every stage is resumable: rerunning with the same --out skips finished work.
+``--set`` changes a demo setting (llavarad.demo.DemoConfig) for the main run and every control
+alike, e.g. ``--set stage1_image_pool=max --set stage3_epochs=3`` (the longer recipe measured in
+docs/training.md). Every stage is resumable: rerunning with the same --out skips finished work.
 """
 
 from __future__ import annotations
@@ -39,30 +41,41 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/phantom_learning"))
     ap.add_argument("--n", type=int, default=None, help="number of phantoms (default: the demo's)")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="a demo setting for every run (repeatable), e.g. stage3_epochs=3")
     ap.add_argument("--no-coded", dest="coded", action="store_false",
                     help="skip the coded-images control (saves about 5 minutes)")
     args = ap.parse_args(argv)
 
+    from llavarad.config import config_from_dict, parse_overrides
     from llavarad.demo import DemoConfig, evaluate_stage2_only, run_demo
 
     def say(stage: str, status: str, seconds: float | None) -> None:
         print(f"  {stage}: {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""), flush=True)
 
-    extra = {"n": args.n} if args.n else {}
+    extra = parse_overrides(args.settings)
+    if args.n:
+        extra["n"] = args.n
+
+    def demo_config(**control) -> DemoConfig:
+        return config_from_dict(DemoConfig, {**extra, **control})
+
+    if args.settings:
+        print("settings for every run:", " ".join(args.settings))
     t0 = time.time()
     main_dir, blank_dir = args.out / "images", args.out / "blank"
     print("pipeline with images:")
-    cfg = DemoConfig(**extra)
+    cfg = demo_config()
     card = run_demo(cfg, main_dir, progress=say)
     t_main = time.time() - t0
     print("same pipeline, blank images:")
-    blank_card = run_demo(DemoConfig(**extra, blank_images=True, shared_from=main_dir), blank_dir, progress=say)
+    blank_card = run_demo(demo_config(blank_images=True, shared_from=str(main_dir)), blank_dir, progress=say)
     print("stage 2 alone (Variant #5):")
     s2_metrics = evaluate_stage2_only(main_dir, cfg, progress=say)
     coded_card = None
     if args.coded:
         print("same pipeline, coded images (stage 1 retrained on the codes):")
-        coded_card = run_demo(DemoConfig(**extra, coded_images=True, shared_from=main_dir), args.out / "coded",
+        coded_card = run_demo(demo_config(coded_images=True, shared_from=str(main_dir)), args.out / "coded",
                               progress=say)
 
     full = _micro(json.loads((main_dir / "eval" / "metrics.json").read_text()))

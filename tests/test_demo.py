@@ -160,6 +160,29 @@ def test_cli_demo_refuses_two_controls_before_doing_anything(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def test_cli_demo_overrides_reach_the_config_and_bad_ones_are_refused_together(tmp_path, capsys, monkeypatch):
+    import llavarad.demo
+    from llavarad.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "d"), "stage1_image_pool=sum", "bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "stage1_image_pool: 'sum' is not one of" in err and "bogus: unknown field" in err
+    assert not (tmp_path / "d").exists()
+
+    seen = []
+
+    def fake_run_demo(cfg, out, fresh=False, progress=None):  # records what the CLI built
+        seen.append(cfg)
+        return {"headline": {}}
+
+    monkeypatch.setattr(llavarad.demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--n", "300", "stage3_epochs=3", "stage1_image_pool=max",
+                 "lm.steps=20", "blank_images=true"]) == 0
+    cfg = seen[-1]
+    assert (cfg.n, cfg.stage3_epochs, cfg.stage1_image_pool, cfg.lm.steps, cfg.blank_images) == (300, 3, "max", 20, True)
+    assert cfg.stage2_epochs == DemoConfig().stage2_epochs  # untouched fields keep the demo's defaults
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
     pytest.importorskip("llavarad.train.stage1_encoder")

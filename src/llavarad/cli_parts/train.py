@@ -128,26 +128,34 @@ def register(group: click.Group) -> None:
                   help="Train and evaluate on images that draw each finding category as a square with its own place "
                        "and grey level (a control run: what stages 1-3 make of an unmistakable image signal).")
     @click.option("--fresh", is_flag=True, help="Redo every stage even when its output exists.")
-    def demo_cmd(out: Path, n_images: int | None, blank_images: bool, coded_images: bool, fresh: bool) -> None:
+    @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+    def demo_cmd(out: Path, n_images: int | None, blank_images: bool, coded_images: bool, fresh: bool,
+                 overrides: tuple[str, ...]) -> None:
         """Run the whole system on synthetic phantoms on CPU and write a report card.
 
         Phantoms -> tokenizer + tiny language model -> stage 1 -> assembly -> stage 2 -> stage 3 ->
         generation on held-out phantoms -> evaluation -> DIR/report_card.md and .json. Stages whose
-        output exists are skipped, so an interrupted demo resumes.
+        output exists are skipped, so an interrupted demo resumes. KEY=VALUE arguments override
+        fields of the demo's settings (llavarad.demo.DemoConfig), e.g. stage3_epochs=3.
 
         \b
-        Example:
+        Examples:
           llavarad demo --out demo_run
+          llavarad demo --out demo_long stage1_image_pool=max stage3_epochs=3
         """
         from rich.console import Console
 
+        from llavarad.config import ConfigError, load_config
         from llavarad.demo import DemoConfig, run_demo
 
         console = Console(stderr=True)
+        # the options win over KEY=VALUE; an option left unset leaves the override (or default) alone
+        flags = ["blank_images=true"] if blank_images else []
+        flags += ["coded_images=true"] if coded_images else []
+        flags += [] if n_images is None else [f"n={n_images}"]
         try:
-            cfg = DemoConfig(blank_images=blank_images, coded_images=coded_images,
-                             **({} if n_images is None else {"n": n_images}))
-        except ValueError as exc:
+            cfg = load_config(DemoConfig, None, [*overrides, *flags])
+        except (ConfigError, ValueError) as exc:
             raise click.UsageError(str(exc)) from exc
 
         def progress(stage: str, status: str, seconds: float | None) -> None:
