@@ -489,8 +489,8 @@ def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
                 step_lr = scheduler.get_last_lr()[0]  # the lr this step was taken with
                 scheduler.step()
                 with torch.no_grad():
-                    # A no-op on processes that do not hold this weight (ZeRO-3, FSDP): there the
-                    # clamp inside CxrClip.scale() is what bounds the temperature.
+                    # A no-op on processes that do not hold this weight (ZeRO-3, FSDP): there only
+                    # the upper bound holds, through the clamp inside CxrClip.scale().
                     unwrapped.logit_scale.clamp_(0.0, max_log_scale)
                 state.global_step += 1
                 step = state.global_step
