@@ -231,8 +231,9 @@ def rank_metrics(ranks: np.ndarray, *, n_resamples: int = 500, seed: int = 0,
 
 
 def validation_metrics(clip, items: Sequence[tuple[str, str, str]], batch_size: int = 32) -> dict[str, float]:
-    """Stage 1's per-epoch check: contrastive loss of the whole validation set as one batch, and
-    pair-wise Recall@1/5 (fractions) in both directions. Keys are prefixed ``val_``."""
+    """Contrastive loss of ``items`` as one batch and pair-wise Recall@1/5 (fractions) in both
+    directions, for a loaded CLIP on one process; keys are prefixed ``val_``. Stage 1 computes the
+    same figures through its prepared model on every process (:func:`embedding_validation_metrics`)."""
     enc = encode_pairs(clip, items, batch_size=batch_size)
     return embedding_validation_metrics(enc.image, enc.text, float(clip.scale().detach()),
                                         n_failed=len(enc.failures))

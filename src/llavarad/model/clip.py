@@ -394,10 +394,10 @@ def save_clip(clip, out_dir: str | Path, *, train_config: dict[str, Any] | None 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = clip.state_dict() if state_dict is None else state_dict
-    expected = set(clip.state_dict())
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    own = clip.state_dict()
+    state = own if state_dict is None else state_dict
+    if set(state) != set(own):
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         raise ClipFolderError(f"save_clip: the state dict does not match the model (missing {missing[:5]}, "
                               f"unexpected {extra[:5]}); pass the engine's full state dict of this CxrClip")
 
@@ -415,7 +415,7 @@ def save_clip(clip, out_dir: str | Path, *, train_config: dict[str, Any] | None 
     heads = {f"image_proj.{k}": v for k, v in part("image_proj.").items()}
     heads.update({f"text_proj.{k}": v for k, v in part("text_proj.").items()})
     heads["logit_scale"] = part("logit_scale")[""].reshape(1)
-    save_file({k: v.float().contiguous() for k, v in heads.items()}, str(out / HEADS_FILE))
+    save_file(heads, str(out / HEADS_FILE))  # part() already gave float32, contiguous, on CPU
     meta = {"format_version": FORMAT_VERSION, "config": asdict(clip.config), "versions": _versions(),
             "train_config": train_config}
     tmp = out / (CLIP_CONFIG_FILE + ".tmp")
