@@ -39,7 +39,7 @@ def main() -> None:
 
     demo = args.demo
     if demo is None:
-        from llavarad.demo import DemoConfig, run_demo
+        from llavarad.phantom.demo import DemoConfig, run_demo
 
         demo = Path("runs/grounding_demo")
         run_demo(DemoConfig(), demo)

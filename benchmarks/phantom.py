@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llavarad.data.phantom import AnatomySpec, FindingSpec, PhantomConfig, PhantomSpec, build_record, draw_phantom, generate_phantoms
+from llavarad.phantom import AnatomySpec, FindingSpec, PhantomConfig, PhantomSpec, build_record, draw_phantom, generate_phantoms
 
 _SMALLEST = [
     ("cardiomegaly", None, None, "mild"), ("pleural_effusion", "right", "basal", "small"),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from llavarad.data.phantom import FindingSpec, PhantomConfig, PhantomSpec, build_record, draw_phantom
+from llavarad.phantom import FindingSpec, PhantomConfig, PhantomSpec, build_record, draw_phantom
 
 CASES = [
     ("normal", []),

@@ -19,7 +19,7 @@ as negative) of the rule labeler applied to generated vs reference findings.
 
     python benchmarks/phantom_learning.py [--out DIR] [--n 8000] [--set KEY=VALUE ...]
 
-``--set`` changes a demo setting (llavarad.demo.DemoConfig) for the main run and every control
+``--set`` changes a demo setting (llavarad.phantom.demo.DemoConfig) for the main run and every control
 alike, e.g. ``--set stage1_image_pool=max --set stage3_epochs=3`` (the longer recipe measured in
 docs/training.md). Every stage is resumable: rerunning with the same --out skips finished work.
 """
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from llavarad.config import config_from_dict, parse_overrides
-    from llavarad.demo import DemoConfig, evaluate_stage2_only, run_demo
+    from llavarad.phantom.demo import DemoConfig, evaluate_stage2_only, run_demo
 
     def say(stage: str, status: str, seconds: float | None) -> None:
         print(f"  {stage}: {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""), flush=True)

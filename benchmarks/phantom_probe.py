@@ -19,7 +19,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from llavarad.data.phantom import CATEGORIES, DEVICES, PhantomConfig, build_record, draw_phantom
+from llavarad.phantom import CATEGORIES, DEVICES, PhantomConfig, build_record, draw_phantom
 
 
 def main() -> None:

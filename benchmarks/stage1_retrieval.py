@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from llavarad.config import config_from_dict
-    from llavarad.data.phantom import PhantomConfig, generate_phantoms
+    from llavarad.phantom import PhantomConfig, generate_phantoms
     from llavarad.model.clip import init_clip, save_clip
     from llavarad.model.presets import load_preset
     from llavarad.retrieval import run_retrieval

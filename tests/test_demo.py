@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from llavarad.demo import DemoConfig, _card_markdown, run_demo  # noqa: E402
+from llavarad.phantom.demo import DemoConfig, _card_markdown, run_demo  # noqa: E402
 from llavarad.model.processor import IGNORE_INDEX  # noqa: E402
-from llavarad.train.lm_pretrain import LmPretrainConfig, _encode, lm_training_texts, pretrain_lm  # noqa: E402
+from llavarad.phantom.lm_pretrain import LmPretrainConfig, _encode, lm_training_texts, pretrain_lm  # noqa: E402
 
 FINDINGS = ["The heart is enlarged.", "No pleural effusion.", "Small left pneumothorax.", "Lungs are clear."]
 
@@ -79,7 +78,7 @@ def test_demo_config_takes_one_control_at_a_time():
 def test_coded_image_draws_one_square_per_category_at_its_place():
     import numpy as np
 
-    from llavarad.demo import coded_image
+    from llavarad.phantom.demo import coded_image
 
     px = np.asarray(coded_image({"cardiomegaly", "support_devices"}, 112))
     assert px.shape == (112, 112)
@@ -96,7 +95,7 @@ def test_coded_manifest_maps_devices_to_one_category_and_keeps_every_record(tmp_
     import numpy as np
     from PIL import Image
 
-    from llavarad.demo import _coded_manifest
+    from llavarad.phantom.demo import _coded_manifest
 
     rows = [{"id": "a", "image": "images/a.png", "split": "train", "findings": "x",
              "phantom_findings": [{"finding": "central_line"}, {"finding": "lung_lesion"}]},
@@ -123,7 +122,7 @@ def test_blank_manifest_points_every_record_at_one_grey_image(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from llavarad.demo import _blank_manifest
+    from llavarad.phantom.demo import _blank_manifest
 
     src = tmp_path / "manifest.jsonl"
     src.write_text("".join(json.dumps({"id": i, "image": f"images/{i}.png", "findings": "x"}) + "\n" for i in "ab"))
@@ -161,7 +160,7 @@ def test_cli_demo_refuses_two_controls_before_doing_anything(tmp_path, capsys):
 
 
 def test_cli_demo_overrides_reach_the_config_and_bad_ones_are_refused_together(tmp_path, capsys, monkeypatch):
-    import llavarad.demo
+    import llavarad.phantom.demo
     from llavarad.cli import main
 
     assert main(["demo", "--out", str(tmp_path / "d"), "stage1_image_pool=sum", "bogus=1"]) == 2
@@ -175,7 +174,7 @@ def test_cli_demo_overrides_reach_the_config_and_bad_ones_are_refused_together(t
         seen.append(cfg)
         return {"headline": {}}
 
-    monkeypatch.setattr(llavarad.demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(llavarad.phantom.demo, "run_demo", fake_run_demo)
     assert main(["demo", "--out", str(tmp_path / "d"), "--n", "300", "stage3_epochs=3", "stage1_image_pool=max",
                  "lm.steps=20", "blank_images=true"]) == 0
     cfg = seen[-1]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from llavarad.cli import main
 from llavarad.config import ConfigError, config_from_dict
-from llavarad.data.phantom import (
+from llavarad.phantom import (
     CATEGORIES,
     DEVICES,
     FINDING_OBSERVATION,

@@ -97,7 +97,7 @@ def _random_encoder(manifest: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A stage-1 encoder after a few steps on 48 tiny phantoms (plumbing, not learning), and a random one."""
-    from llavarad.data.phantom import PhantomConfig, generate_phantoms
+    from llavarad.phantom import PhantomConfig, generate_phantoms
 
     root = tmp_path_factory.mktemp("retrieval")
     generate_phantoms(PhantomConfig(n=48, size=56, seed=0, write_masks=False), root / "ph")
@@ -179,7 +179,7 @@ def test_cli_side_by_side_and_failures(trained, tmp_path):
 def test_trained_encoder_beats_chance_by_a_wide_margin(tmp_path):
     """Held-out phantoms: Recall@10 at least twice a random ranking's in both directions, the whole
     95% interval of the mean rank below 80% of a random ranking's, and better than untrained."""
-    from llavarad.data.phantom import PhantomConfig, generate_phantoms
+    from llavarad.phantom import PhantomConfig, generate_phantoms
 
     generate_phantoms(PhantomConfig(n=600, size=56, seed=0, write_masks=False), tmp_path / "train")
     generate_phantoms(PhantomConfig(n=64, size=56, seed=1, id_prefix="held", write_masks=False), tmp_path / "held")

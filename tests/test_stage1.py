@@ -17,7 +17,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.fixture(scope="module")
 def phantom_manifest(tmp_path_factory) -> Path:
     """40 tiny phantoms plus one corrupt image and one record without report text."""
-    from llavarad.data.phantom import PhantomConfig, generate_phantoms
+    from llavarad.phantom import PhantomConfig, generate_phantoms
 
     out = tmp_path_factory.mktemp("ph")
     generate_phantoms(PhantomConfig(n=40, size=56, seed=3, write_masks=False), out)

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llavarad.model._convert_vision import ConversionError, load_torch_file, split_trunk, timm_trunk_to_dinov2
+from llavarad.model._convert_vision import VISION_FILE, ConversionError, load_torch_file, split_trunk, timm_trunk_to_dinov2
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,6 @@ def convert_biomedclip(release_dir: str | Path, text_base: str | Path, out_dir: 
     from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, Dinov2Config, Dinov2Model
 
     from llavarad.model.clip import CxrClip, CxrClipConfig, save_clip
-    from llavarad.model.convert import VISION_FILE
     from llavarad.model.processor import build_image_processor
 
     release_dir, text_base = Path(release_dir), Path(text_base)

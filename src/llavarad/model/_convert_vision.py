@@ -16,7 +16,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConversionError", "load_torch_file", "split_trunk", "timm_trunk_to_dinov2"]
+#: The vision tower file of the release (microsoft/llava-rad); one place for convert and _convert_clip.
+VISION_FILE = "biomedclipcxr_518_checkpoint.pt"
+
+__all__ = ["VISION_FILE", "ConversionError", "load_torch_file", "split_trunk", "timm_trunk_to_dinov2"]
 
 #: Prefixes under which open_clip checkpoints keep the vision trunk (DDP adds ``module.``).
 TRUNK_PREFIXES = ("module.visual.trunk.", "visual.trunk.")

@@ -36,7 +36,7 @@ from llavarad.model._convert_lm import (
     load_lora,
     strip_peft_prefix,
 )
-from llavarad.model._convert_vision import ConversionError, load_torch_file, split_trunk, timm_trunk_to_dinov2
+from llavarad.model._convert_vision import VISION_FILE, ConversionError, load_torch_file, split_trunk, timm_trunk_to_dinov2
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ __all__ = ["ConversionError", "ConvertReport", "RELEASE_FILES", "check_release",
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
-VISION_FILE = "biomedclipcxr_518_checkpoint.pt"
 PROJECTOR_FILE = "non_lora_trainables.bin"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

@@ -258,7 +258,7 @@ def _validate(accelerator, model, pairs: list[Pair], image_processor, collate, b
     from accelerate.utils import gather_object
     from torch.utils.data import DataLoader, Subset
 
-    from llavarad.retrieval import embedding_validation_metrics
+    from llavarad.evaluate.embedding import embedding_validation_metrics
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_process = math.ceil(len(pairs) / world)

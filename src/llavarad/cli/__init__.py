@@ -1,6 +1,6 @@
 """The one entry point: ``llavarad <verb> ...``.
 
-Each area of the system registers its verbs from a module in :mod:`llavarad.cli_parts`; those
+Each area of the system registers its verbs from a module in :mod:`llavarad.cli`; those
 modules import heavy libraries (torch, transformers) inside the commands, so ``llavarad --help``
 stays fast. Verbs call the library's stage functions and own all printing and progress bars.
 """
@@ -17,7 +17,7 @@ from llavarad import __version__
 
 __all__ = ["cli", "main"]
 
-#: Modules under llavarad.cli_parts, each with ``register(group: click.Group) -> None``.
+#: Modules under llavarad.cli, each with ``register(group: click.Group) -> None``.
 _PARTS = ("model", "data", "phantom", "train", "label", "evaluate", "chexprompt", "analysis", "explain")
 
 
@@ -37,7 +37,7 @@ def cli(verbose: int) -> None:
 
 
 for _name in _PARTS:
-    importlib.import_module(f"llavarad.cli_parts.{_name}").register(cli)
+    importlib.import_module(f"llavarad.cli.{_name}").register(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,7 +136,7 @@ def register(group: click.Group) -> None:
         Phantoms -> tokenizer + tiny language model -> stage 1 -> assembly -> stage 2 -> stage 3 ->
         generation on held-out phantoms -> evaluation -> DIR/report_card.md and .json. Stages whose
         output exists are skipped, so an interrupted demo resumes. KEY=VALUE arguments override
-        fields of the demo's settings (llavarad.demo.DemoConfig), e.g. stage3_epochs=3.
+        fields of the demo's settings (llavarad.phantom.demo.DemoConfig), e.g. stage3_epochs=3.
 
         \b
         Examples:
@@ -146,7 +146,7 @@ def register(group: click.Group) -> None:
         from rich.console import Console
 
         from llavarad.config import ConfigError, load_config
-        from llavarad.demo import DemoConfig, run_demo
+        from llavarad.phantom.demo import DemoConfig, run_demo
 
         console = Console(stderr=True)
         # the options win over KEY=VALUE; an option left unset leaves the override (or default) alone

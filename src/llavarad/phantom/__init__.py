@@ -40,8 +40,8 @@ import numpy as np
 from PIL import Image
 
 from llavarad.config import ConfigError, config_from_dict, config_to_dict
-from llavarad.data._phantom_draw import render
-from llavarad.data._phantom_text import FINDING_OBSERVATION, Report, finding_entries, write_report
+from llavarad.phantom._draw import render
+from llavarad.phantom._text import FINDING_OBSERVATION, Report, finding_entries, write_report
 from llavarad.io.manifest import JsonlWriter, ManifestRecord
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Rendering of synthetic chest radiographs: anatomy layers and finding overlays (numpy + PIL).
 
-Private helper of :mod:`llavarad.data.phantom`. Everything is drawn in normalised image
+Private helper of :mod:`llavarad.phantom`. Everything is drawn in normalised image
 coordinates (x to the image right, y down, both in [0, 1]) so that one spec renders the same
 picture at any size. Radiological convention: the patient's right is on the image's left, so the
 heart sits right of the image centre and "right lung" means the lung on the image's left.
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
-    from llavarad.data.phantom import FindingSpec, PhantomSpec
+    from llavarad.phantom import FindingSpec, PhantomSpec
 
 __all__ = ["render"]
 

@@ -56,7 +56,7 @@ def phantom_cmd(ctx: click.Context, out_dir: Path, n: int | None, size: int | No
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from llavarad.config import ConfigError, load_config
-    from llavarad.data.phantom import PhantomConfig, generate_phantoms
+    from llavarad.phantom import PhantomConfig, generate_phantoms
 
     overrides = []
     for name, value in (("n", n), ("size", size), ("seed", seed), ("normal_fraction", normal_fraction),

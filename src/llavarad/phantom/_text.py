@@ -1,6 +1,6 @@
 """Report, indication and label writing for synthetic phantoms.
 
-Private helper of :mod:`llavarad.data.phantom`. Every positive finding becomes one sentence in
+Private helper of :mod:`llavarad.phantom`. Every positive finding becomes one sentence in
 standard radiology phrasing that names the finding with its side, location and severity; absent
 key findings get explicit negatives ("No pneumothorax.") in a varying order. The wording is chosen
 so that a CheXpert-style rule labeler (mention phrases plus "no ..." negation) reads back exactly
@@ -17,7 +17,7 @@ import numpy as np
 from llavarad.io.manifest import CHEXPERT_OBSERVATIONS
 
 if TYPE_CHECKING:
-    from llavarad.data.phantom import FindingSpec, PhantomSpec
+    from llavarad.phantom import FindingSpec, PhantomSpec
 
 __all__ = ["FINDING_OBSERVATION", "Report", "finding_entries", "write_report"]
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llavarad.model.presets import ImagePool
-from llavarad.train.lm_pretrain import LmPretrainConfig
+from llavarad.phantom.lm_pretrain import LmPretrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ class DemoConfig:
     num_examples: int = 4
 
     def phantom_config(self):
-        """The :class:`~llavarad.data.phantom.PhantomConfig` of the demo's data set."""
-        from llavarad.data.phantom import PhantomConfig
+        """The :class:`~llavarad.phantom.PhantomConfig` of the demo's data set."""
+        from llavarad.phantom import PhantomConfig
 
         return PhantomConfig(n=self.n, size=self.image_size, seed=self.seed, split_fractions=list(self.split_fractions),
                              phrasing=self.phrasing)
@@ -200,7 +200,7 @@ def coded_image(categories: set[str], size: int):
     import numpy as np
     from PIL import Image
 
-    from llavarad.data.phantom import CATEGORIES
+    from llavarad.phantom import CATEGORIES
 
     unknown = sorted(set(categories) - set(CATEGORIES))
     if unknown:
@@ -216,7 +216,7 @@ def coded_image(categories: set[str], size: int):
 
 def _coded_manifest(src: Path, out_dir: Path, size: int) -> Path:
     """A copy of ``src`` with every image replaced by :func:`coded_image` of its findings."""
-    from llavarad.data.phantom import DEVICES
+    from llavarad.phantom import DEVICES
 
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -305,7 +305,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     manifest = phantoms / "manifest.jsonl"
 
     def make_phantoms():
-        from llavarad.data.phantom import generate_phantoms
+        from llavarad.phantom import generate_phantoms
 
         return generate_phantoms(cfg.phantom_config(), phantoms, workers=cfg.phantom_workers).to_dict()
 
@@ -322,7 +322,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
 
     def make_lm():
         from llavarad.io.manifest import read_manifest
-        from llavarad.train.lm_pretrain import lm_training_texts, pretrain_lm
+        from llavarad.phantom.lm_pretrain import lm_training_texts, pretrain_lm
 
         recs = [r for r in read_manifest(manifest) if r.split == "train" and r.findings]
         return pretrain_lm(lm_training_texts([r.indication for r in recs], [r.findings for r in recs]), lm_dir, cfg.lm)

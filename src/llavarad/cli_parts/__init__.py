@@ -1,1 +1,0 @@
-"""CLI verbs, one module per area; each exposes ``register(group)``. See :mod:`llavarad.cli`."""
