@@ -170,8 +170,9 @@ def test_stage3_train_vision_tower_trains_and_exports_the_tower(tiny_model_dir, 
 
 
 def test_vision_tower_lr_gives_the_tower_its_own_optimizer_group(tiny_model_dir, manifest, tmp_path):
-    from llavarad.train._common import build_datasets, load_bundle, make_trainer
+    from llavarad.train.inputs import build_datasets, load_bundle
     from llavarad.train.lora import apply_lora
+    from llavarad.train.trainer import make_trainer
 
     cfg = _cfg(Stage3Config, tiny_model_dir, manifest, tmp_path / "o", lora={"r": 4, "alpha": 8},
                learning_rate=1e-3, train_vision_tower=True, vision_tower_lr=1e-5, weight_decay=0.1)
@@ -267,7 +268,7 @@ def test_config_validation_collects_problems():
 
 
 def test_grad_accumulation_from_global_batch():
-    from llavarad.train._common import grad_accumulation
+    from llavarad.train.distributed import grad_accumulation
 
     assert grad_accumulation(256, 16, 8) == 2
     assert grad_accumulation(64, 8, 8) == 1
@@ -290,7 +291,7 @@ def test_sharded_export_gathers_on_every_rank_and_rebuilds_outside_zero3_init(ra
         unset_hf_deepspeed_config,
     )
 
-    from llavarad.train._common import gather_trained_model
+    from llavarad.train.export import gather_trained_model
 
     class Zero3Config:  # what HfDeepSpeedConfig answers for a stage-3 config
         config = {"zero_optimization": {"stage": 3}}

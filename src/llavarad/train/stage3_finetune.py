@@ -17,17 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 from llavarad.config import config_to_dict
-from llavarad.train._common import (
-    TrainConfig,
-    build_datasets,
-    count_parameters,
-    gather_trained_model,
-    load_bundle,
-    make_trainer,
-    resolve_resume,
-    write_summary,
-)
+from llavarad.train.export import gather_trained_model, write_summary
+from llavarad.train.inputs import build_datasets, count_parameters, load_bundle
 from llavarad.train.lora import LoraSettings, apply_lora, save_adapter
+from llavarad.train.settings import TrainConfig
+from llavarad.train.trainer import make_trainer, resolve_resume
 
 logger = logging.getLogger(__name__)
 
