@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -165,7 +165,7 @@ def _to_gray(arr: np.ndarray, ds, meta: dict[str, Any]) -> tuple[np.ndarray, flo
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114, top
 
 
-def render_dicom(path: Path, *, max_pixels: int, min_side: int,
+def render_dicom(path: Path | BinaryIO, *, max_pixels: int, min_side: int,
                  fallback_window: FallbackWindow = "auto") -> tuple[np.ndarray, str | None, dict[str, Any]]:
     """Read a DICOM file and render its first frame for display.
 
@@ -180,7 +180,7 @@ def render_dicom(path: Path, *, max_pixels: int, min_side: int,
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 
-    ds = pydicom.dcmread(str(path), force=True)
+    ds = pydicom.dcmread(str(path) if isinstance(path, Path) else path, force=True)
     if "PixelData" not in ds:
         kinds = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         if kinds:
@@ -218,7 +218,7 @@ def render_dicom(path: Path, *, max_pixels: int, min_side: int,
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     meta["number_of_frames"] = n_frames
     if n_frames > 1:
-        logger.warning("%s: %d frames; using the first", path.name, n_frames)
+        logger.warning("%s: %d frames; using the first", getattr(path, "name", "upload"), n_frames)
     meta["frame"] = 0
     try:
         stored = pixel_array(ds, index=0)

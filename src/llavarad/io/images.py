@@ -21,7 +21,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -121,7 +121,7 @@ def _describe_unknown(head: bytes) -> str:
     return "an unrecognised binary file"
 
 
-def read_cxr(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE,
+def read_cxr(path: str | os.PathLike | BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE,
              view: str | None = None, fallback_window: FallbackWindow = "auto") -> CxrImage:
     """Read a chest radiograph (PNG, JPEG or DICOM; type detected from content) for the model.
 
@@ -130,10 +130,16 @@ def read_cxr(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, m
     model was trained on frontal views. ``fallback_window`` applies to DICOM without a VOI LUT or
     window (see :func:`llavarad.io._dicom.render_dicom`).
 
+    ``path`` may also be an open binary file (e.g. ``io.BytesIO`` of an HTTP upload): it is read in
+    memory, nothing touches the disk, and messages call it by its ``name`` attribute or ``upload``.
+
     Raises :class:`ImageReadError` for a missing/empty/unreadable file, an unsupported type, a
     truncated or corrupt image, DICOM without pixel data, and images outside
     ``[min_side, max_pixels]``.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        return _read_source(path, Path(str(getattr(path, "name", "") or "upload")), max_pixels, min_side, view,
+                            fallback_window)
     p = Path(path)
     if not p.exists():
         raise ImageReadError(p, "no such file; check the path (relative paths in a manifest are relative to it)")
@@ -144,6 +150,16 @@ def read_cxr(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, m
             head = fh.read(512)
     except OSError as exc:
         raise ImageReadError(p, f"cannot be read ({exc.strerror or exc}); check its permissions") from exc
+    return _read_source(p, p, max_pixels, min_side, view, fallback_window, head)
+
+
+def _read_source(src: Path | BinaryIO, p: Path, max_pixels: int, min_side: int, view: str | None,
+                 fallback_window: FallbackWindow, head: bytes | None = None) -> CxrImage:
+    """``read_cxr`` after the path checks: ``src`` is the path or an open binary file, ``p`` its name."""
+    if head is None:
+        src.seek(0)
+        head = src.read(512)
+        src.seek(0)
     if not head:
         raise ImageReadError(p, "is empty (0 bytes); the copy or download probably failed")
     fmt = detect_format(head)
@@ -151,9 +167,9 @@ def read_cxr(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, m
         raise ImageReadError(p, f"is {_describe_unknown(head)}, not a PNG, JPEG or DICOM radiograph")
 
     if fmt == "dicom":
-        array, file_view, meta = _read_dicom(p, max_pixels, min_side, fallback_window)
+        array, file_view, meta = _read_dicom(src, p, max_pixels, min_side, fallback_window)
     else:
-        array, meta = _read_pil(p, fmt, max_pixels, min_side)
+        array, meta = _read_pil(src, p, fmt, max_pixels, min_side)
         file_view = None
     raw_view = file_view or view
     canon, is_frontal = normalise_view(raw_view)
@@ -163,7 +179,7 @@ def read_cxr(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, m
                        p.name, canon)
     image = _to_pil_gray(array)
     return CxrImage(image=image, array=array, view=canon, is_frontal=is_frontal, source_format=fmt,
-                    metadata={"source_format": fmt, **meta}, path=str(p))
+                    metadata={"source_format": fmt, **meta}, path=str(p) if isinstance(src, Path) else None)
 
 
 def _to_pil_gray(array: np.ndarray) -> Image.Image:
@@ -175,11 +191,11 @@ def _to_pil_gray(array: np.ndarray) -> Image.Image:
     return _Image.fromarray(q.astype(np.uint8))  # uint8 2-D -> mode "L"
 
 
-def _read_dicom(p: Path, max_pixels: int, min_side: int, fallback_window: FallbackWindow):
+def _read_dicom(src: Path | BinaryIO, p: Path, max_pixels: int, min_side: int, fallback_window: FallbackWindow):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return render_dicom(p, max_pixels=max_pixels, min_side=min_side, fallback_window=fallback_window)
+        return render_dicom(src, max_pixels=max_pixels, min_side=min_side, fallback_window=fallback_window)
     except DicomRenderError as exc:
         raise ImageReadError(p, f"DICOM: {exc}") from exc
     except InvalidDicomError as exc:
@@ -199,15 +215,21 @@ def _effective_bits(max_value: int, container_bits: int) -> int:
     return max(8, int(max_value).bit_length())
 
 
-def _read_pil(p: Path, fmt: SourceFormat, max_pixels: int, min_side: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_pil(src: Path | BinaryIO, p: Path, fmt: SourceFormat, max_pixels: int,
+              min_side: int) -> tuple[np.ndarray, dict[str, Any]]:
     from PIL import Image as _Image
     from PIL import ImageOps
 
     meta: dict[str, Any] = {}
     if fmt == "png":
         # The size is in the IHDR chunk at a fixed offset: check it before any decoder touches the file.
-        with p.open("rb") as fh:
-            head = fh.read(24)
+        if isinstance(src, Path):
+            with src.open("rb") as fh:
+                head = fh.read(24)
+        else:
+            src.seek(0)
+            head = src.read(24)
+            src.seek(0)
         if len(head) == 24 and head[12:16] == b"IHDR":
             w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
             if w * h > max_pixels:
@@ -217,7 +239,7 @@ def _read_pil(p: Path, fmt: SourceFormat, max_pixels: int, min_side: int) -> tup
         with warnings.catch_warnings():
             # our own max_pixels check below replaces PIL's warning; PIL's hard limit still applies
             warnings.simplefilter("ignore", _Image.DecompressionBombWarning)
-            with _Image.open(p) as img:
+            with _Image.open(src) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageReadError(p, f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} "
