@@ -16,6 +16,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from llavarad.errors import LlavaradError
+
 __all__ = [
     "ConfigError",
     "config_from_dict",
@@ -28,7 +30,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(LlavaradError, ValueError):
     """One or more config problems; the message lists every one of them."""
 
     def __init__(self, problems: list[str], source: str | None = None):

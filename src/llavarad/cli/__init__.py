@@ -14,6 +14,7 @@ import sys
 import click
 
 from llavarad import __version__
+from llavarad.cli import _errors
 
 __all__ = ["cli", "main"]
 
@@ -33,7 +34,12 @@ def cli(verbose: int) -> None:
       llavarad generate cxr.png --model DIR --indication "Dyspnea."
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt)
+    _errors.STATE.verbose = verbose
+    for handler in logging.getLogger().handlers:  # control characters (NUL, ESC) never reach a log line
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(_errors.SafeFormatter(fmt))
 
 
 for _name in _PARTS:
@@ -41,20 +47,26 @@ for _name in _PARTS:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); return the exit code (for tests)."""
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); return the exit code (for tests).
+
+    Every exception ends here as one line on stderr and a non-zero code (see :mod:`llavarad.cli._errors`);
+    ``-v`` adds the traceback.
+    """
+    args = list(argv) if argv is not None else sys.argv[1:]
+    _errors.STATE.verbose = 0
     try:
-        rv = cli.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="llavarad", standalone_mode=False)
+        with cli.make_context("llavarad", args) as ctx:
+            rv = cli.invoke(ctx)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        return 130
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    # standalone_mode=False returns ctx.exit()'s code; commands signal failure with ctx.exit(1)
+    except BaseException as exc:  # the one place that turns any failure into a message
+        return _errors.report(exc)
+    # commands signal failure with ctx.exit(1) (caught above) or by returning an int
     return rv if isinstance(rv, int) else 0
 
 

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Any, Protocol
 
+from llavarad.errors import LlavaradError
 from llavarad.evaluate.rule_labeler import RuleLabeler, RuleLabelerConfig
 from llavarad.io.manifest import CHEXPERT_OBSERVATIONS
 
@@ -70,7 +71,7 @@ class Labeler(Protocol):
     def label(self, texts: list[str]) -> list[dict[str, float | None]]: ...
 
 
-class LabelerUnavailable(RuntimeError):
+class LabelerUnavailable(LlavaradError, RuntimeError):
     """A labeler's package or weights cannot be had here; the message says how to provide them."""
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from llavarad.errors import LlavaradError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,7 +55,7 @@ _HOW_TO = (
 Annotation = Mapping[str, Any]
 
 
-class RadGraphUnavailable(RuntimeError):
+class RadGraphUnavailable(LlavaradError, RuntimeError):
     """The radgraph package or its weights are missing; the message says how to get them."""
 
 

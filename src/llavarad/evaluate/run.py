@@ -37,6 +37,7 @@ import numpy as np
 
 from llavarad import __version__
 from llavarad.config import ConfigError, config_to_dict
+from llavarad.errors import LlavaradError
 from llavarad.evaluate.bootstrap import bootstrap_mean_ci, bootstrap_median, resample_counts
 from llavarad.evaluate.chexbert_f1 import OBSERVATIONS_14, chexbert_f1, chexbert_f1_settings, per_pair_f1
 from llavarad.evaluate.lexical import bleu_from_stats, lexical_metrics, lexical_settings
@@ -67,7 +68,7 @@ _CHUNK = 256
 Progress = Callable[[str, int, int], None]
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(LlavaradError, RuntimeError):
     """Nothing could be scored (e.g. every row failed); the message gives the counts."""
 
 

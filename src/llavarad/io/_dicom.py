@@ -17,6 +17,8 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from llavarad.errors import LlavaradError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FallbackWindow", "render_dicom", "normalise_view"]
@@ -54,7 +56,7 @@ _LATERAL = {"LATERAL", "LL", "RL", "RLD", "LLD", "XTABLE LATERAL", "LATERAL DECU
             "LEFT LATERAL"}
 
 
-class DicomRenderError(ValueError):
+class DicomRenderError(LlavaradError, ValueError):
     """A DICOM file that pydicom reads but that cannot be rendered (message names what is wrong)."""
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 
+from llavarad.errors import LlavaradError
 from llavarad.io._dicom import DicomRenderError, FallbackWindow, normalise_view, render_dicom
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ _OTHER_MAGIC = {
 }
 
 
-class ImageReadError(ValueError):
+class ImageReadError(LlavaradError, ValueError):
     """An image file that cannot be used; the message names the file, the problem and the fix."""
 
     def __init__(self, path: str | os.PathLike, problem: str):

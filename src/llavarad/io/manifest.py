@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llavarad.errors import LlavaradError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -59,7 +61,7 @@ _REQUIRED = ("id", "image", "dataset", "split")
 _OPTIONAL_STR = ("patient_id", "study_id", "view", "indication", "findings", "impression")
 
 
-class ManifestError(ValueError):
+class ManifestError(LlavaradError, ValueError):
     """A manifest line that does not follow the schema; the message names file, line and field."""
 
     def __init__(self, path: str | Path, line: int, field_name: str | None, message: str):

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llavarad.errors import LlavaradError
+
 logger = logging.getLogger(__name__)
 
 #: The vision tower file of the release (microsoft/llava-rad); one place for convert and _convert_clip.
@@ -44,7 +46,7 @@ _TOP_MAP = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(LlavaradError, ValueError):
     """Release files that are missing, malformed or do not fit together (the message says which)."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llavarad.errors import LlavaradError
 from llavarad.model.presets import ModelPreset, load_preset
 from llavarad.model.processor import build_image_processor, build_processor
 from llavarad.model.tokenizer import add_image_token, build_tokenizer
@@ -39,7 +40,7 @@ META_FILE = "llavarad.json"
 FORMAT_VERSION = 1
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(LlavaradError, ValueError):
     """A model folder that is missing files or inconsistent."""
 
 

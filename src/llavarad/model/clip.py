@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from llavarad.errors import LlavaradError
 from llavarad.model.presets import ImagePool
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def image_pool_problem(value: Any, field_name: str = "image_pool") -> str | None
             "or 'max' (per-dimension maximum over the patch tokens)")
 
 
-class ClipFolderError(ValueError):
+class ClipFolderError(LlavaradError, ValueError):
     """A CLIP folder that is missing files or is inconsistent."""
 
 

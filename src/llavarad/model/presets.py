@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from llavarad.errors import LlavaradError
+
 __all__ = ["ImagePool", "ModelPreset", "PresetError", "list_presets", "load_preset"]
 
 #: How a CLIP image tower turns its tokens into one embedding: the CLS token, or the mean or maximum
@@ -24,7 +26,7 @@ _REQUIRED_VISION = ("hidden_size", "num_hidden_layers", "num_attention_heads", "
 _REQUIRED_TEXT = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
-class PresetError(ValueError):
+class PresetError(LlavaradError, ValueError):
     """A preset that is missing, malformed or inconsistent."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from llavarad.errors import LlavaradError
 from llavarad.prompts.model import IMAGE_PLACEHOLDER, build_prompt
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ V1_CHAT_TEMPLATE = (
 )
 
 
-class SequenceTooLongError(ValueError):
+class SequenceTooLongError(LlavaradError, ValueError):
     """A training example whose prompt + target exceeds the length limit (never truncated silently)."""
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from llavarad.errors import LlavaradError
 from llavarad.model.processor import IGNORE_INDEX
 
 __all__ = ["CollateError", "LlavaCollator"]
 
 
-class CollateError(ValueError):
+class CollateError(LlavaradError, ValueError):
     """An example that cannot be batched correctly; the message names it."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llavarad.errors import LlavaradError
 from llavarad.io.manifest import ManifestRecord, read_manifest, resolve_image_path
 from llavarad.model.processor import SequenceTooLongError, encode_example
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CxrTrainDataset", "ExcludedExample", "ImageReadError", "build_dataset", "open_image"]
 
 
-class ImageReadError(ValueError):
+class ImageReadError(LlavaradError, ValueError):
     """A training image that cannot be read; the message names the record and the file."""
 
 

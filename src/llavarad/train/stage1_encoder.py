@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llavarad.config import config_to_dict, save_config
+from llavarad.errors import LlavaradError
 from llavarad.io.manifest import SPLITS, JsonlWriter
 from llavarad.model.presets import ImagePool
 from llavarad.train._stage1_data import (  # noqa: F401 - re-exported
@@ -52,7 +53,7 @@ _CKPT_DIR = "checkpoints"
 _DONE_MARK = "COMPLETE"
 
 
-class Stage1Error(RuntimeError):
+class Stage1Error(LlavaradError, RuntimeError):
     """A stage-1 run that cannot start or continue; the message says what to change."""
 
 

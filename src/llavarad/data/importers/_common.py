@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llavarad.errors import LlavaradError
 from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, ManifestRecord
 
 __all__ = [
@@ -35,7 +36,7 @@ class ImportProblem:
         return {"where": self.where, "id": self.id, "error": self.message}
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(LlavaradError, ValueError):
     """A dataset folder that does not have the layout of the official release (names the fix)."""
 
 
