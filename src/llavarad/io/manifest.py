@@ -209,10 +209,12 @@ class JsonlWriter:
 
     On open, an existing file is scanned: a torn last line is truncated away and the values of
     ``key`` already present are available as :attr:`done`, so callers skip finished work. Each
-    :meth:`write` emits one complete line, flushes and (by default) fsyncs it.
+    :meth:`write` emits one complete line, flushes and (by default) fsyncs it. ``key=None`` keeps
+    no :attr:`done` set (constant memory for files of millions of rows whose callers track
+    progress on disk).
     """
 
-    def __init__(self, path: str | Path, key: str = "id", *, resume: bool = True, fsync: bool = True):
+    def __init__(self, path: str | Path, key: str | None = "id", *, resume: bool = True, fsync: bool = True):
         self.path = Path(path)
         self.key = key
         self.fsync = fsync
@@ -241,7 +243,7 @@ class JsonlWriter:
                     except (json.JSONDecodeError, UnicodeDecodeError):
                         bad_line = number
                         continue
-                    if isinstance(obj, dict) and self.key in obj:
+                    if self.key is not None and isinstance(obj, dict) and self.key in obj:
                         self.done.add(str(obj[self.key]))
                 good_end += len(raw)
         size = self.path.stat().st_size
@@ -256,7 +258,7 @@ class JsonlWriter:
         self._fh.flush()
         if self.fsync:
             os.fsync(self._fh.fileno())
-        if self.key in obj:
+        if self.key is not None and self.key in obj:
             self.done.add(str(obj[self.key]))
 
     def close(self) -> None:
