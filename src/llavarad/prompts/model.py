@@ -56,12 +56,19 @@ class PromptParts:
 
 
 def question_for(indication: str | None) -> str:
-    """The v1 question; newlines in the indication become spaces, blank means none."""
-    if indication is not None:
-        indication = " ".join(indication.replace("\r", " ").replace("\n", " ").split())
-    if indication:
-        return V1_QUESTION_WITH_INDICATION.format(indication=indication)
-    return V1_QUESTION
+    """The v1 question, built from the indication exactly as the release builds it.
+
+    ``None`` gives the question without indication. Any string, even ``""``, gives the indication
+    question: each ``"\n"`` becomes a space (and nothing else: tabs, ``"\r"`` and repeated spaces
+    stay), then the whole question is stripped of whitespace at both ends, so a trailing blank of
+    the indication goes and a leading one stays (``"indication:  Cough."``). That is what the
+    release's MIMIC-CXR loader (llava/utils.py, reason ``None`` or not) followed by the strip of the
+    question in training (llava/train/train.py) and inference (llava/eval/model_mimic_cxr.py) gives;
+    docs/evaluation.md, "Parity with the release", cites the lines.
+    """
+    if indication is None:
+        return V1_QUESTION
+    return V1_QUESTION_WITH_INDICATION.format(indication=indication.replace("\n", " ")).strip()
 
 
 def build_prompt(fmt: str, indication: str | None = None, findings: str | None = None) -> PromptParts:
