@@ -157,24 +157,23 @@ def read_jsonl(path: str | Path, *, skip_torn_tail: bool = True) -> Iterator[tup
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
 
     A final line without a newline that does not parse (a write torn by a kill) is skipped with a
-    warning when ``skip_torn_tail``; any other unparsable line raises :class:`ManifestError`.
+    warning when ``skip_torn_tail``; any other unreadable line (see :func:`llavarad.io.text.iter_jsonl`)
+    raises :class:`ManifestError`. Verbs that must go on past a bad line use ``iter_jsonl`` itself.
     """
+    from llavarad.io.text import check_regular_file, iter_jsonl
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open("rb") as fh:  # streamed line by line: constant memory for any size
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                # Only the final line can lack its newline; that is what an interrupted write leaves.
-                if skip_torn_tail and not raw.endswith(b"\n"):
-                    logger.warning("%s:%d: ignoring an incomplete last line (interrupted write)", path, number)
-                    return
-                raise ManifestError(path, number, None, f"not valid JSON ({exc})") from exc
-            yield number, obj
+    check_regular_file(path)
+    for item in iter_jsonl(path):
+        if item.error is not None:
+            # Only the final line can lack its newline; that is what an interrupted write leaves.
+            if skip_torn_tail and not item.complete:
+                logger.warning("%s:%d: ignoring an incomplete last line (interrupted write)", path, item.line)
+                return
+            raise ManifestError(path, item.line, None, item.error.split(": ", 1)[-1])
+        yield item.line, item.value
 
 
 def iter_manifest(path: str | Path) -> Iterator[ManifestRecord]:
@@ -274,14 +273,12 @@ class JsonlWriter:
 
 def write_manifest(records: Iterable[ManifestRecord | dict[str, Any]], path: str | Path) -> int:
     """Write records to a new JSONL manifest atomically (temp file + rename); return the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    from llavarad.io.outputs import atomic_write
+
     n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_write(path) as fh:  # a failure while records are produced leaves no .tmp and no half file
         for rec in records:
             obj = rec.to_dict() if isinstance(rec, ManifestRecord) else rec
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
