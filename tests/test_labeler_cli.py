@@ -44,7 +44,9 @@ def test_label_jsonl_keeps_every_row_and_reports_bad_ones(tmp_path: Path, capsys
     assert len(rows) == 5  # nothing dropped: unreadable rows are kept with blank labels
     assert rows[0]["Pleural Effusion"] == "1.0" and rows[0]["No Finding"] == ""
     assert all(rows[1][obs] == "" for obs in CHEXPERT_OBSERVATIONS)
-    assert rows[2]["prediction"] == "" and rows[2]["No Finding"] == "1.0"  # null text: an empty report
+    # null is no report at all (not an empty one): an error row with blank labels, never "No Finding"
+    assert rows[2]["prediction"] == "" and all(rows[2][obs] == "" for obs in CHEXPERT_OBSERVATIONS)
+    assert f"{src}:3: column 'prediction' is null" in err
     assert rows[4]["Pneumothorax"] == "0.0" and rows[4]["No Finding"] == "1.0"
 
 
