@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ __all__ = [
     "GenerationSummary",
     "ReportGenerator",
     "generate_reports",
+    "manifest_row_ids",
     "run_generation",
 ]
 
@@ -220,13 +221,23 @@ def _iter_rows(manifest: Path) -> Iterator[_Row | dict[str, Any]]:
         yield _Row(str(rid), image, indication, reference if isinstance(reference, str) else None, line, view)
 
 
+def manifest_row_ids(manifest: str | Path) -> Iterator[str]:
+    """The output id of every row of ``manifest``, in order, as :func:`run_generation` assigns them
+    (a malformed row gets its ``line-N`` id): the order a merged sharded run is written in."""
+    for row in _iter_rows(Path(manifest)):
+        yield row["id"] if isinstance(row, dict) else row.id
+
+
 def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: str | Path, *,
                    settings: GenerationSettings | None = None, device: str = "auto", dtype: str = "auto",
-                   resume: bool = True, progress: Callable[[int, int], None] | None = None) -> GenerationSummary:
+                   resume: bool = True, progress: Callable[[int, int], None] | None = None,
+                   select: Callable[[str], bool] | None = None, skip: Container[str] = ()) -> GenerationSummary:
     """Generate for every row of ``manifest`` (JSONL: id, image, optional indication/reference) into
     ``out`` (JSONL predictions: id, image, indication, reference, prediction, error, model, settings).
 
-    ``progress(done, total)`` is called after each batch. Returns a :class:`GenerationSummary`.
+    ``progress(done, total)`` is called after each batch. ``select(id)`` keeps only some rows (one
+    rank's share of a sharded run, :mod:`llavarad.sharding`); ids in ``skip`` were finished elsewhere
+    (another shard file) and count as already done. Returns a :class:`GenerationSummary`.
     """
     from llavarad.io.images import ImageReadError, read_cxr
     from llavarad.model.build import load_model
@@ -239,7 +250,8 @@ def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: s
                 "decoding": "greedy" if settings.num_beams == 1 else f"beam{settings.num_beams}",
                 "dtype": str(next(bundle.model.parameters()).dtype).replace("torch.", ""),
                 "device": str(next(bundle.model.parameters()).device)}
-    rows = list(_iter_rows(manifest))
+    rows = [r for r in _iter_rows(manifest)
+            if select is None or select(r["id"] if isinstance(r, dict) else r.id)]
     summary = GenerationSummary(total=len(rows), output=str(out))
     start = time.perf_counter()
     with JsonlWriter(out, key="id", resume=resume) as writer:
@@ -292,7 +304,7 @@ def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: s
                 summary.errors.append({"id": rid, "error": f"duplicate id {rid!r} in {manifest}; only the first is generated"})
                 continue
             seen.add(rid)
-            if rid in writer.done:
+            if rid in writer.done or rid in skip:
                 summary.skipped_done += 1
                 continue
             if isinstance(row, dict):

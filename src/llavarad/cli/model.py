@@ -76,11 +76,11 @@ def generate_cmd(ctx: click.Context, images: tuple[Path, ...], model_dir: Path, 
       llavarad generate cxr.dcm --model models/llava-rad --indication "Dyspnea."
       llavarad generate --model models/llava-rad --manifest test.jsonl --out preds.jsonl
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from llavarad.generate import GenerationSettings, ReportGenerator, run_generation
+    from llavarad.generate import GenerationSettings, ReportGenerator
     from llavarad.io.images import ImageReadError
     from llavarad.model.build import ModelFolderError, load_model
+    from llavarad.sharding import device_for_rank, rank_info
 
     if manifest is None and not images:
         raise click.UsageError("give one or more IMAGE paths, or --manifest FILE --out FILE")
@@ -88,22 +88,12 @@ def generate_cmd(ctx: click.Context, images: tuple[Path, ...], model_dir: Path, 
         raise click.UsageError("--manifest needs --out and takes no IMAGE arguments")
     try:
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, prompt_format=prompt_format)
-        bundle = load_model(model_dir, device=device, dtype=dtype)
+        bundle = load_model(model_dir, device=device_for_rank(device, rank_info()), dtype=dtype)
     except (ModelFolderError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
     if manifest is not None:
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), transient=True) as bar:
-            task = bar.add_task("generating", total=None)
-            summary = run_generation(bundle, manifest, out_path, settings=settings, resume=not no_resume,
-                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
-        click.echo(f"{summary.generated} generated, {summary.skipped_done} already done, {summary.failed} failed "
-                   f"of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s) -> {out_path}")
-        for err in summary.errors[:20]:
-            click.echo(f"  failed {err['id']}: {err['error']}", err=True)
-        if summary.failed:
-            ctx.exit(1)
+        _generate_manifest(ctx, bundle, manifest, out_path, settings, resume=not no_resume)
         return
 
     generator = ReportGenerator(bundle, settings)
@@ -125,10 +115,78 @@ def generate_cmd(ctx: click.Context, images: tuple[Path, ...], model_dir: Path, 
         ctx.exit(1)
 
 
+def _generate_manifest(ctx: click.Context, bundle, manifest: Path, out_path: Path, settings, *, resume: bool) -> None:
+    """Batch mode, one process or one rank of a launched job (torchrun / accelerate launch)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from llavarad.generate import run_generation
+    from llavarad.sharding import merge_predictions, rank_info, run_sharded_generation, shards_dir, wait_for_all_ranks
+
+    info = rank_info()
+    sharded = info.world_size > 1 or shards_dir(out_path).is_dir()
+    if sharded and not resume:
+        raise click.UsageError(f"--no-resume cannot restart a sharded run: delete {out_path} and "
+                               f"{shards_dir(out_path)} first")
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=True, disable=info.rank != 0) as bar:
+        task = bar.add_task("generating", total=None)
+        report = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+        if sharded:
+            summary = run_sharded_generation(bundle, manifest, out_path, rank=info.rank, world_size=info.world_size,
+                                             settings=settings, progress=report)
+        else:
+            summary = run_generation(bundle, manifest, out_path, settings=settings, resume=resume, progress=report)
+    where = f"rank {info.rank}/{info.world_size}: " if info.world_size > 1 else ""
+    click.echo(f"{where}{summary.generated} generated, {summary.skipped_done} already done, {summary.failed} failed "
+               f"of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s) -> {summary.output}")
+    for err in summary.errors[:20]:
+        click.echo(f"  failed {err['id']}: {err['error']}", err=True)
+    incomplete = False
+    if sharded:
+        wait_for_all_ranks(info)
+        if info.rank == 0:
+            merged = merge_predictions(manifest, out_path)
+            click.echo(f"merged {merged.written} rows from {merged.shards} shard(s) -> {out_path}"
+                       + (f"; {len(merged.missing)} rows still missing: rerun to finish them" if merged.missing else ""))
+            incomplete = not merged.complete
+    if summary.failed or incomplete:
+        ctx.exit(1)
+
+
+@click.command("merge-predictions")
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The manifest the sharded run was generating for (gives the row order).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The predictions file whose OUT.shards/ folder holds the per-rank shards.")
+@click.option("--keep-shards", is_flag=True, help="Keep OUT.shards/ even when every row is merged.")
+@click.pass_context
+def merge_predictions_cmd(ctx: click.Context, manifest: Path, out_path: Path, keep_shards: bool) -> None:
+    """Merge the per-rank shards of a multi-process `generate` run into OUT, in manifest order.
+
+    The launched run does this itself at the end; use this verb after a crash, to see what is done.
+
+    \b
+    Example:
+      llavarad merge-predictions --manifest test.jsonl --out preds.jsonl
+    """
+    from llavarad.sharding import merge_predictions, shards_dir
+
+    if not shards_dir(out_path).is_dir():
+        raise click.ClickException(f"{shards_dir(out_path)}: no shard folder; nothing to merge for {out_path}")
+    merged = merge_predictions(manifest, out_path, remove_shards=not keep_shards)
+    click.echo(f"merged {merged.written} rows from {merged.shards} shard(s) -> {out_path}"
+               + (f" ({merged.duplicates} duplicate records ignored)" if merged.duplicates else ""))
+    if merged.missing:
+        click.echo(f"{len(merged.missing)} manifest rows have no prediction yet (e.g. {merged.missing[0]!r}); "
+                   "rerun the same generate command to finish them", err=True)
+        ctx.exit(1)
+
+
 def register(group: click.Group) -> None:
     """Add the model verbs to the top-level group."""
     group.add_command(init_cmd)
     group.add_command(generate_cmd)
+    group.add_command(merge_predictions_cmd)
     _add_convert(group)
 
 
