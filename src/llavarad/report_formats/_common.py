@@ -1,0 +1,156 @@
+"""What both report formats start from: the draft, the model that wrote it, and the source DICOM header."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llavarad.errors import LlavaradError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from llavarad.model.build import ModelBundle
+
+__all__ = ["DraftReport", "ModelInfo", "ReportFormatError", "read_source_header"]
+
+#: Said in every rendering, so nobody takes the draft for a radiologist's signed report.
+DISCLAIMER = ("Preliminary machine-generated draft (AI); not reviewed or verified by a radiologist. "
+              "For use only as a draft by a qualified reader.")
+#: Value of Manufacturer in every SR and of the Device's manufacturer in FHIR: the software that wrote it.
+MANUFACTURER = "llavarad"
+
+
+class ReportFormatError(LlavaradError, ValueError):
+    """A draft that cannot be rendered in the asked format (no source study, empty findings, ...)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that wrote a draft: ``name`` (a label), ``version`` (changes when the weights change),
+    ``settings`` (generation settings). ``identity`` is what the PACS loop uses to recognise its own SRs."""
+
+    name: str
+    version: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not str(self.name).strip():
+            problems.append("ModelInfo.name is empty: give the model a name (e.g. its folder name)")
+        if not str(self.version).strip():
+            problems.append("ModelInfo.version is empty")
+        if problems:
+            raise ReportFormatError("; ".join(problems))
+
+    @property
+    def identity(self) -> str:
+        """``name version``: one line that names this exact model (SR Series Description, FHIR Device)."""
+        return f"{self.name} {self.version}"
+
+    def parameters(self) -> list[str]:
+        """Settings as ``key=value`` strings, sorted (SR Algorithm Parameters, FHIR Device properties)."""
+        return [f"{k}={_plain(v)}" for k, v in sorted(self.settings.items())]
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, settings: Mapping[str, Any] | None = None,
+                       bundle: ModelBundle | None = None) -> ModelInfo:
+        """Name and version of a llavarad model folder.
+
+        The name is ``llavarad.json``'s ``name`` when present, else the folder's name (a label only:
+        loading never depends on it). The version is ``llavarad <library version> weights <fingerprint>``:
+        a SHA-256 over ``llavarad.json``, ``config.json`` and the size and last MiB of every safetensors
+        file, so a retrained or converted model gets a new version without hashing gigabytes.
+        """
+        from llavarad import __version__
+
+        folder = Path(model_dir)
+        meta = bundle.meta if bundle is not None else _read_json(folder / "llavarad.json")
+        digest = hashlib.sha256()
+        for name in ("llavarad.json", "config.json"):
+            path = folder / name
+            if path.is_file():
+                digest.update(path.read_bytes())
+        for path in sorted(folder.glob("*.safetensors")):
+            size = path.stat().st_size
+            digest.update(f"{path.name}:{size}".encode())
+            with path.open("rb") as fh:
+                fh.seek(max(0, size - (1 << 20)))
+                digest.update(fh.read())
+        name = str(meta.get("name") or folder.resolve().name)
+        return cls(name=name, version=f"llavarad {__version__} weights {digest.hexdigest()[:12]}",
+                   settings=dict(settings or {}))
+
+
+@dataclass(frozen=True)
+class DraftReport:
+    """A generated report: the Findings text and, optionally, the indication and warnings it came with."""
+
+    findings: str
+    indication: str | None = None
+    warnings: tuple[str, ...] = ()
+    created: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.UTC))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.findings, str) or not self.findings.strip():
+            raise ReportFormatError("the draft has no findings text (generation failed or returned nothing); "
+                                    "only successful drafts can be written as FHIR or SR")
+        if self.created.tzinfo is None:
+            raise ReportFormatError("DraftReport.created must be timezone-aware (e.g. datetime.now(timezone.utc))")
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> DraftReport:
+        """From a predictions row (``prediction``, ``indication``, ``error``) or a served report
+        (``findings``, ``warnings``)."""
+        if record.get("error"):
+            raise ReportFormatError(f"record {record.get('id')!r} is an error record ({record['error']}); "
+                                    "there is no draft to write")
+        text = record.get("findings", record.get("prediction"))
+        warnings = record.get("warnings") or ([record["warning"]] if record.get("warning") else [])
+        return cls(findings=text, indication=record.get("indication"), warnings=tuple(str(w) for w in warnings))
+
+
+def read_source_header(path: str | Path) -> Dataset:
+    """The DICOM header of a source image (pixel data not read), for the SR's and FHIR's references.
+
+    A PNG or JPEG has no study to attach a report to: :class:`ReportFormatError` says so.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from llavarad.io.images import detect_format
+
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        raise ReportFormatError(f"{p}: cannot be read ({exc.strerror or exc})") from exc
+    fmt = detect_format(head)
+    if fmt != "dicom":
+        raise ReportFormatError(f"{p}: a {fmt.upper() if fmt else 'non-DICOM'} file has no DICOM study to attach a "
+                                "report to; use --format jsonl or fhir, or give the DICOM file")
+    try:
+        ds = pydicom.dcmread(str(p), force=True, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        raise ReportFormatError(f"{p}: DICOM header cannot be read ({exc})") from exc
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not ds.get(k)]
+    if missing:
+        raise ReportFormatError(f"{p}: the DICOM header lacks {', '.join(missing)}; a report cannot reference it")
+    return ds
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportFormatError(f"{path}: cannot read the model's metadata ({exc}); is this a llavarad model folder?") from exc
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
