@@ -1,7 +1,7 @@
 """CheXprompt throughput: 200 report pairs against a local endpoint that answers in 1 s.
 
 Runs the whole `run_chexprompt` path (prompt building, HTTP, parsing, resumable JSONL, bootstrap
-aggregates and plot) against `llavarad.llm.testing.ScriptedServer` on 127.0.0.1 with a fixed 1 s
+aggregates and plot) against the test double `tests/llm_fake_server.ScriptedServer` on 127.0.0.1 with a fixed 1 s
 latency per request:
   1. 200 pairs at concurrency 16 (goal <= 20 s),
   2. sequential (concurrency 1) on a 12-pair subset, extrapolated linearly to 200 pairs
@@ -24,8 +24,11 @@ from pathlib import Path
 
 from llavarad.chexprompt import ChexpromptConfig, run_chexprompt
 from llavarad.llm import LLMConfig
-from llavarad.llm.testing import Reply, ScriptedServer
 from llavarad.prompts.chexprompt import ERROR_TYPES
+
+# the scripted OpenAI-compatible server is a test double: it lives with the tests, not in the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from llm_fake_server import Reply, ScriptedServer  # noqa: E402
 
 N_PAIRS = 200
 SEQ_SUBSET = 12

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from llm_fake_server import Reply, ScriptedServer
 
 from llavarad.chexprompt import ChexpromptConfig, run_chexprompt, summarize
 from llavarad.chexprompt.judge import RESULTS_FILE, read_predictions, read_results
 from llavarad.cli import main
 from llavarad.llm import LLMClient, LLMConfig
-from llavarad.llm.testing import Reply, ScriptedServer
 from llavarad.prompts.chexprompt import COUNT_COLUMNS, ERROR_TYPES
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

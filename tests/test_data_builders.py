@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from llm_fake_server import Reply, ScriptedServer
 from test_data_importers import (
     make_brax,
     make_candid,
@@ -21,8 +22,12 @@ from test_data_importers import (
 from llavarad.cli import main
 from llavarad.data.builders import build_cxr697k, build_mimic, dataset_counts
 from llavarad.data.sections import split_sections
-from llavarad.io.manifest import JsonlWriter, ManifestRecord, read_manifest, write_manifest
-from llavarad.llm.testing import Reply, ScriptedServer
+from llavarad.io.manifest import (
+    JsonlWriter,
+    ManifestRecord,
+    read_manifest,
+    write_manifest,
+)
 
 
 def _structure_reply(body: dict, index: int) -> Reply:

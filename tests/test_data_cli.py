@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llm_fake_server import Reply, ScriptedServer
+
 from llavarad.cli import main
 from llavarad.io.manifest import ManifestRecord, read_jsonl, write_manifest
-from llavarad.llm.testing import Reply, ScriptedServer
 
 
 def test_help_of_every_verb(capsys) -> None:

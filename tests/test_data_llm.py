@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from llm_fake_server import Drop, Reply, ScriptedServer, Status
 
 from llavarad.data.sections import split_sections
 from llavarad.data.structuring import run_llm_step
 from llavarad.io.manifest import ManifestRecord, read_jsonl
 from llavarad.llm import LLMClient, LLMConfig
-from llavarad.llm.testing import Drop, Reply, ScriptedServer, Status
 from llavarad.prompts.structuring import (
     STRUCTURING_VERSION,
     parse_findings,

@@ -1,4 +1,5 @@
-"""LLM client against the scripted local server: protocol, parse retries, faults, cache, limits."""
+"""LLM client (openai package + aiolimiter) against the scripted local server: protocol, parse
+retries, faults, cache, limits."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import threading
 import time
 
 import pytest
+from llm_fake_server import Drop, Reply, ScriptedServer, Status, Truncated
 
-from llavarad.llm import ChatRequest, LLMClient, LLMConfig, ReplyCache, request_hash
+from llavarad.llm import (
+    ChatRequest,
+    FatalError,
+    LLMClient,
+    LLMConfig,
+    ReplyCache,
+    request_hash,
+)
 from llavarad.llm.backends import parse_retry_after
-from llavarad.llm.ratelimit import TokenBucket
-from llavarad.llm.testing import Drop, Reply, ScriptedServer, Status, Truncated
 
 MSGS = [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "Count to one."}]
 
@@ -27,10 +34,12 @@ def parse_json_n(text: str) -> int:
 
 
 class SleepRecorder:
+    """An async stand-in for asyncio.sleep that records the waits and returns at once."""
+
     def __init__(self) -> None:
         self.calls: list[float] = []
 
-    def __call__(self, seconds: float) -> None:
+    async def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
 
 
@@ -51,7 +60,7 @@ def test_valid_reply_protocol_and_auth_header(monkeypatch):
     assert res.usage == {"prompt_tokens": 12, "completion_tokens": 3}
     req = srv.requests[0]
     assert req["path"] == "/v1/chat/completions"
-    assert req["headers"]["Authorization"] == "Bearer sk-test-123"
+    assert req["headers"]["authorization"] == "Bearer sk-test-123"
     assert req["body"]["model"] == "judge-1" and req["body"]["temperature"] == 0.0 and req["body"]["messages"] == MSGS
     assert client.stats.prompt_tokens == 12 and client.stats.completion_tokens == 3
     assert client.stats.estimated_cost == pytest.approx(12 / 1000 * 1.0 + 3 / 1000 * 2.0)
@@ -132,10 +141,23 @@ def test_non_json_200_body_is_a_transient_fault():
     assert res.ok and res.attempts == 2
 
 
-def test_401_is_permanent_and_not_retried():
-    with ScriptedServer([Status(401, body='{"error": "bad key"}')]) as srv:
-        res = LLMClient(make_cfg(srv), sleep=SleepRecorder()).chat(ChatRequest("a", MSGS, "t", parse_json_n))
-    assert not res.ok and res.attempts == 1 and "HTTP 401" in res.error
+def test_401_stops_the_batch_once_and_is_not_retried():
+    reqs = [ChatRequest(str(i), MSGS, "t", parse_json_n) for i in range(5)]
+    with ScriptedServer(responder=lambda b, i: Status(401, body='{"error": {"message": "bad key"}}')) as srv:
+        client = LLMClient(make_cfg(srv, concurrency=4), sleep=SleepRecorder())
+        with pytest.raises(FatalError, match="HTTP 401.*no request can succeed"):
+            client.run(reqs)
+        with pytest.raises(FatalError):  # the client remembers: no second request with a bad key
+            client.run(reqs)
+    assert len(srv.requests) == 1
+
+
+def test_404_fails_only_its_request():
+    with ScriptedServer([Status(404), Reply('{"n": 2}')]) as srv:
+        res = LLMClient(make_cfg(srv, concurrency=1), sleep=SleepRecorder()).run(
+            [ChatRequest("a", MSGS, "t", parse_json_n), ChatRequest("b", MSGS[:1], "t", parse_json_n)])
+    assert not res[0].ok and res[0].attempts == 1 and "HTTP 404" in res[0].error
+    assert res[1].ok and res[1].value == 2
 
 
 def test_cache_makes_rerun_free_and_survives_a_new_client(tmp_path):
@@ -225,8 +247,8 @@ def test_azure_url_key_header_and_api_version(monkeypatch):
     req = srv.requests[0]
     assert req["path"] == "/openai/deployments/gpt4t/chat/completions"
     assert req["query"] == {"api-version": ["2024-02-01"]}
-    assert req["headers"]["api-key"] == "az-secret" and "Authorization" not in req["headers"]
-    assert "model" not in req["body"]
+    assert req["headers"]["api-key"] == "az-secret" and "authorization" not in req["headers"]
+    assert req["body"]["model"] == "gpt4t"  # openai's Azure client sends the deployment as the model
 
 
 def test_openai_backend_needs_its_key(monkeypatch):
@@ -251,30 +273,22 @@ def test_bad_messages_are_rejected_naming_the_request():
         ChatRequest("r9", [{"role": "robot", "content": "x"}])
 
 
-def test_token_bucket_paces_requests():
-    now = [0.0]
-    slept: list[float] = []
-
-    def sleep(s: float) -> None:
-        slept.append(s)
-        now[0] += s
-
-    bucket = TokenBucket(60.0, capacity=2, clock=lambda: now[0], sleep=sleep)  # 1 per second, burst 2
-    waits = [bucket.acquire() for _ in range(5)]
-    assert waits[:2] == [0.0, 0.0]
-    assert waits[2:] == pytest.approx([1.0, 1.0, 1.0])
-    big = TokenBucket(600.0, capacity=5, clock=lambda: now[0], sleep=sleep)
-    assert big.acquire(50) == 0.0  # larger than capacity: allowed from a full bucket
-    assert big.acquire(1) == pytest.approx(46 / 10)  # ...and then repaid
-
-
-def test_rate_limited_client_respects_requests_per_minute():
+def test_requests_per_minute_paces_the_batch():
+    # 120 per minute = a burst of 2, then one every 0.5 s: 4 requests need >= ~1 s
     reqs = [ChatRequest(str(i), [{"role": "user", "content": str(i)}]) for i in range(4)]
     with ScriptedServer(responder=lambda b, i: Reply("ok")) as srv:
+        client = LLMClient(make_cfg(srv, requests_per_minute=120.0, concurrency=4))
         t0 = time.monotonic()
-        LLMClient(make_cfg(srv, requests_per_minute=600.0, concurrency=4)).run(reqs)  # 10 per second, burst 10
+        client.run(reqs)
         elapsed = time.monotonic() - t0
-    assert len(srv.requests) == 4 and elapsed < 5.0
+    assert len(srv.requests) == 4 and 0.8 <= elapsed < 5.0
+
+
+def test_tokens_per_minute_admits_a_request_larger_than_the_bucket():
+    big = [{"role": "user", "content": "x" * 4000}]  # ~1,000 tokens + max_tokens; bucket holds 10 s of 600/min
+    with ScriptedServer(responder=lambda b, i: Reply("ok")) as srv:
+        res = LLMClient(make_cfg(srv, tokens_per_minute=600.0, max_tokens=16)).chat(ChatRequest("a", big))
+    assert res.ok and len(srv.requests) == 1
 
 
 def test_parse_retry_after_formats():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llavarad.llm import ChatRequest, LLMClient, LLMConfig
+from llavarad.llm import ChatRequest, FatalError, LLMClient, LLMConfig
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -59,10 +59,10 @@ def test_transformers_backend_greedy_is_deterministic_and_counts_tokens(tiny_lm_
         assert client2.chat(ChatRequest("a", msgs, "t")).value == a.value
 
 
-def test_transformers_backend_missing_model_is_a_clear_failure(tmp_path):
+def test_transformers_backend_missing_model_stops_the_run_with_a_clear_error(tmp_path):
     cfg = LLMConfig(backend="transformers", model_path=str(tmp_path / "nope"), cache_path=None)
-    res = LLMClient(cfg).chat(ChatRequest("a", [{"role": "user", "content": "hi"}]))
-    assert not res.ok and "does not exist" in res.error
+    with pytest.raises(FatalError, match="does not exist"):  # every request would fail the same way
+        LLMClient(cfg).run([ChatRequest(str(i), [{"role": "user", "content": "hi"}]) for i in range(3)])
 
 
 def _smollm2_gguf() -> Path | None:

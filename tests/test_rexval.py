@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from llm_fake_server import Reply, ScriptedServer
 from scipy.stats import kendalltau, ttest_rel
 
 from llavarad.chexprompt import ChexpromptConfig, load_rexval, validate_rexval
 from llavarad.chexprompt.rexval import PAIRS_FILE, RATERS_FILE, leave_one_rater_out
 from llavarad.cli import main
 from llavarad.llm import LLMConfig
-from llavarad.llm.testing import Reply, ScriptedServer
 from llavarad.prompts.chexprompt import ERROR_TYPES
 
 CAND_TYPES = ("radgraph", "bleu")

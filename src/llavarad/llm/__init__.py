@@ -1,12 +1,13 @@
 """One LLM client for every llavarad step that asks a language model (CheXprompt, structuring,
-translation): OpenAI / Azure / OpenAI-compatible HTTP servers and in-process transformers models,
-with concurrency, rate limits, retries, a SQLite reply cache and token/cost accounting.
+translation): OpenAI / Azure / OpenAI-compatible servers through the official ``openai`` package and
+in-process transformers models, with concurrency, rate limits (``aiolimiter``), retries, a SQLite
+reply cache and token/cost accounting.
 
-:mod:`llavarad.llm.testing` has :class:`~llavarad.llm.testing.ScriptedServer`, a local scripted
-OpenAI-compatible server for protocol and fault tests.
+The scripted OpenAI-compatible server used to test it is a test double and lives in
+``tests/llm_fake_server.py``, not in the package.
 """
 
-from llavarad.llm.backends import PermanentError, TransientError
+from llavarad.llm.backends import FatalError, PermanentError, TransientError
 from llavarad.llm.cache import ReplyCache, request_hash
 from llavarad.llm.client import ChatRequest, ChatResult, LLMClient, LLMStats
 from llavarad.llm.config import LLMConfig
@@ -14,6 +15,7 @@ from llavarad.llm.config import LLMConfig
 __all__ = [
     "ChatRequest",
     "ChatResult",
+    "FatalError",
     "LLMClient",
     "LLMConfig",
     "LLMStats",

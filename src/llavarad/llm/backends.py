@@ -1,18 +1,26 @@
-"""Backends that turn chat messages into one reply: OpenAI-style HTTP APIs and in-process transformers.
+"""Backends that turn chat messages into one reply: the official ``openai`` clients and an
+in-process transformers model.
 
-A backend's :meth:`complete` returns ``(reply_text, usage)`` or raises :class:`TransientError`
-(worth retrying: connection faults, timeouts, 429, 5xx; carries the server's Retry-After) or
-:class:`PermanentError` (a request that will never succeed as is: bad key, unknown model, 4xx).
-Retrying, caching and rate limiting live in :mod:`llavarad.llm.client`, not here.
+A backend's ``complete`` coroutine returns ``(reply_text, usage)`` or raises
+:class:`TransientError` (worth retrying: connection faults, timeouts, 408/409/429, 5xx, a
+malformed body; carries the server's Retry-After), :class:`PermanentError` (this request will
+never succeed as is: 400, 404, 422 ...) or :class:`FatalError` (no request of the run can
+succeed: 401 bad key, 403 no access, a missing model folder). Retrying, time limits, caching and
+rate limiting live in :mod:`llavarad.llm.client`, not here: the ``openai`` clients are built with
+``max_retries=0`` so that there is one retry policy (capped, announced Retry-After waits; see the
+client).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
+import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,9 +28,24 @@ from llavarad.llm.config import OPENAI_BASE_URL, LLMConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Backend", "HttpBackend", "PermanentError", "TransformersBackend", "TransientError", "make_backend", "parse_retry_after"]
+__all__ = [
+    "MAX_USAGE_TOKENS",
+    "Backend",
+    "FatalError",
+    "OpenAIBackend",
+    "PermanentError",
+    "TransformersBackend",
+    "TransientError",
+    "make_backend",
+    "parse_retry_after",
+    "validate_usage",
+]
 
 Usage = dict[str, int]
+
+#: Largest token count a reply's usage may claim (far above any context window; keeps costs and
+#: the SQLite cache's 64-bit integers sane when a server sends garbage).
+MAX_USAGE_TOKENS = 10**9
 
 
 class TransientError(RuntimeError):
@@ -34,126 +57,178 @@ class TransientError(RuntimeError):
 
 
 class PermanentError(RuntimeError):
-    """A failure that retrying will not fix (e.g. 401 bad key, 404 unknown model)."""
+    """A failure that retrying this request will not fix (e.g. 404 unknown model, 400 bad request)."""
+
+
+class FatalError(PermanentError):
+    """A failure every request of the run would hit (401 bad key, 403 no access, no model folder):
+    :meth:`llavarad.llm.LLMClient.run` stops the whole batch and raises it once."""
 
 
 class Backend(Protocol):
-    def complete(self, messages: list[dict[str, str]], *, temperature: float, max_tokens: int, seed: int | None) -> tuple[str, Usage]:
+    #: whether :mod:`llavarad.llm.client` may cancel a call at ``timeout_s`` (an HTTP request can
+    #: be abandoned; a forward pass in a worker thread cannot)
+    cancellable: bool
+
+    async def complete(self, messages: list[dict[str, str]], *, temperature: float, max_tokens: int,
+                       top_p: float | None, seed: int | None) -> tuple[str, Usage]:
         """One chat completion: the assistant's text and ``{"prompt_tokens", "completion_tokens"}``."""
         ...
 
-    def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if
+    absent or unreadable. Never negative; may be ``inf`` for absurd values (callers cap it)."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - time.time())
+    try:
+        return max(0.0, when.timestamp() - time.time())
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
-class HttpBackend:
-    """OpenAI chat-completions protocol over httpx, for the openai, azure and openai_compatible backends.
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """``retry-after-ms`` (OpenAI's, milliseconds) or ``Retry-After`` from response headers."""
+    if headers is None:
+        return None
+    ms = parse_retry_after(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000.0
+    return parse_retry_after(headers.get("retry-after"))
 
-    Construction raises ``ValueError`` for settings that cannot work (no base_url, no API key)."""
+
+def validate_usage(usage: Any) -> Usage:
+    """``{"prompt_tokens", "completion_tokens"}`` from a reply's ``usage`` (an object or a dict;
+    None or a missing field counts 0); raise :class:`TransientError` naming the field when a count
+    is not an integer in ``[0, MAX_USAGE_TOKENS]`` (nested objects, strings, negatives, 1e30)."""
+    out: Usage = {}
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+        if value is None:
+            out[name] = 0
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_USAGE_TOKENS:
+            shown = repr(value) if isinstance(value, (int, float, str)) else type(value).__name__
+            raise TransientError(f"malformed response: usage.{name} is {shown[:40]}, not an integer in "
+                                 f"[0, {MAX_USAGE_TOKENS}]")
+        out[name] = value
+    return out
+
+
+class OpenAIBackend:
+    """The chat-completions protocol through the official ``openai`` package: ``AsyncOpenAI``
+    for the openai and openai_compatible backends, ``AsyncAzureOpenAI`` for azure.
+
+    Construction raises ``ValueError`` for settings that cannot work (no base_url, no API key).
+    The client's own per-read timeout is ``timeout_s``; the whole request is bounded by the
+    caller (a server trickling bytes defeats a per-read timeout)."""
+
+    cancellable = True
 
     def __init__(self, cfg: LLMConfig):
-        import httpx
+        import openai
 
         self.cfg = cfg
+        self._openai = openai
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        headers = {"Content-Type": "application/json"}
         if cfg.backend == "openai_compatible" and not cfg.base_url:
             raise ValueError(
                 "backend='openai_compatible' needs base_url, e.g. http://127.0.0.1:8000/v1 (vLLM), "
                 "http://127.0.0.1:11434/v1 (Ollama) or http://127.0.0.1:8080/v1 (llama.cpp server)"
             )
-        if cfg.backend == "openai" and not key:
-            raise ValueError(
-                f"backend='openai' needs an API key in the environment variable {cfg.api_key_env!r} (set it, or set api_key_env)"
-            )
+        if cfg.backend in ("openai", "azure") and not key:
+            raise ValueError(f"backend={cfg.backend!r} needs an API key in the environment variable "
+                             f"{cfg.api_key_env!r} (set it, or set api_key_env)")
+        common: dict[str, Any] = {"timeout": cfg.timeout_s, "max_retries": 0}
         if cfg.backend == "azure":
-            if not key:
-                raise ValueError(f"backend='azure' needs an API key in the environment variable {cfg.api_key_env!r}")
-            headers["api-key"] = key
-            base = str(cfg.base_url).rstrip("/")
-            self.url = f"{base}/openai/deployments/{cfg.deployment}/chat/completions"
-            self.params: dict[str, str] = {"api-version": cfg.api_version}
+            self._client = openai.AsyncAzureOpenAI(azure_endpoint=str(cfg.base_url).rstrip("/"), azure_deployment=cfg.deployment,
+                                                   api_version=cfg.api_version, api_key=key, **common)
+            self.model = str(cfg.deployment)
         else:
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-            base = (cfg.base_url or OPENAI_BASE_URL).rstrip("/")
-            self.url = f"{base}/chat/completions"
-            self.params = {}
-        timeout = httpx.Timeout(cfg.timeout_s)
-        limits = httpx.Limits(max_connections=max(cfg.concurrency, 1) + 2, max_keepalive_connections=max(cfg.concurrency, 1))
-        self._client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
-        self._httpx = httpx
+            # a keyless local server still needs a non-empty string for the client
+            self._client = openai.AsyncOpenAI(base_url=(cfg.base_url or OPENAI_BASE_URL).rstrip("/"), api_key=key or "none",
+                                              **common)
+            self.model = cfg.model
+        self.where = str(self._client.base_url).rstrip("/")
 
-    def complete(self, messages: list[dict[str, str]], *, temperature: float, max_tokens: int, seed: int | None) -> tuple[str, Usage]:
-        httpx = self._httpx
-        body: dict[str, Any] = {"messages": messages, "temperature": temperature, "max_tokens": max_tokens}
-        if self.cfg.backend != "azure":
-            body["model"] = self.cfg.model
+    async def complete(self, messages: list[dict[str, str]], *, temperature: float, max_tokens: int,
+                       top_p: float | None, seed: int | None) -> tuple[str, Usage]:
+        openai = self._openai
+        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        if top_p is not None:
+            kwargs["top_p"] = top_p
         if seed is not None:
-            body["seed"] = seed
+            kwargs["seed"] = seed
         try:
-            resp = self._client.post(self.url, params=self.params, json=body)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timed out after {self.cfg.timeout_s} s ({type(exc).__name__}) calling {self.url}") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"connection fault calling {self.url}: {type(exc).__name__}: {exc}") from exc
-        if resp.status_code == 429 or resp.status_code == 408 or resp.status_code >= 500:
-            raise TransientError(
-                f"HTTP {resp.status_code} from {self.url}: {_short(resp.text)}", parse_retry_after(resp.headers.get("retry-after"))
-            )
-        if resp.status_code >= 400:
-            raise PermanentError(f"HTTP {resp.status_code} from {self.url}: {_short(resp.text)} (check model name, key and URL)")
-        try:
-            data = resp.json()
-            choice = data["choices"][0]
-            text = choice["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            # a 200 whose body is not a chat completion: treat as a fault of the server, retry
-            raise TransientError(f"malformed response body from {self.url} ({type(exc).__name__}: {exc})") from exc
-        if text is None:
-            text = ""
-        if not isinstance(text, str):
-            raise TransientError(f"malformed response from {self.url}: message content is {type(text).__name__}, not text")
-        if choice.get("finish_reason") == "length":
-            logger.warning("reply hit max_tokens=%d (finish_reason=length); it may be cut off", max_tokens)
-        usage = data.get("usage") or {}
-        return text, {
-            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0),
-        }
+            resp = await self._client.chat.completions.create(**kwargs)
+        except openai.APITimeoutError as exc:
+            raise TransientError(f"timed out after {self.cfg.timeout_s} s waiting for {self.where}") from exc
+        except openai.APIConnectionError as exc:
+            raise TransientError(f"connection fault calling {self.where}: {exc.__cause__ or exc}") from exc
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise FatalError(f"HTTP {exc.status_code} from {self.where}: {_short(exc.message)}; the key in "
+                             f"${self.cfg.api_key_env} is wrong or lacks access to {self.model!r}, so no request can "
+                             "succeed (fix the key, api_key_env or the model/deployment name)") from exc
+        except openai.APIStatusError as exc:
+            message = f"HTTP {exc.status_code} from {self.where}: {_short(exc.message)}"
+            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+                raise TransientError(message, _retry_after(exc.response.headers)) from exc
+            raise PermanentError(f"{message} (check the model name and URL)") from exc
+        except (ValueError, RecursionError, LookupError, AttributeError, TypeError) as exc:
+            # a 200 whose body is not a chat completion (HTML, nested garbage): a fault of the server
+            raise TransientError(f"malformed response body from {self.where} ({type(exc).__name__})") from exc
+        return _reply_of(resp, self.where, max_tokens)
 
-    def close(self) -> None:
-        self._client.close()
+    async def aclose(self) -> None:
+        await self._client.close()
 
 
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
+def _reply_of(resp: Any, where: str, max_tokens: int) -> tuple[str, Usage]:
+    """Text and validated usage of a chat completion (built by openai without validation)."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise TransientError(f"malformed response from {where}: no choices")
+    message = getattr(choices[0], "message", None)
+    text = getattr(message, "content", None)
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise TransientError(f"malformed response from {where}: message content is {type(text).__name__}, not text")
+    if getattr(choices[0], "finish_reason", None) == "length":
+        logger.warning("reply hit max_tokens=%d (finish_reason=length); it may be cut off", max_tokens)
+    return text, validate_usage(getattr(resp, "usage", None))
+
+
+def _short(text: Any, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 
 class TransformersBackend:
     """An in-process causal LM (any HF folder, or a GGUF file that transformers dequantizes).
 
-    Generation is serialized by a lock (one model, one forward at a time); the model loads on the
-    first request. Greedy decoding at temperature 0; sampling with a per-request seed otherwise.
+    Generation runs in a worker thread, serialized by a lock (one model, one forward at a time);
+    the model loads on the first request. Greedy decoding at temperature 0; sampling with a
+    per-request seed otherwise. A forward pass cannot be abandoned midway, so ``timeout_s`` does not
+    apply here.
     """
+
+    cancellable = False
 
     def __init__(self, cfg: LLMConfig):
         self.cfg = cfg
@@ -167,22 +242,27 @@ class TransformersBackend:
 
         path = Path(str(self.cfg.model_path))
         if not path.exists():
-            raise PermanentError(f"model_path {path} does not exist (give a local model folder; nothing is downloaded)")
+            raise FatalError(f"model_path {path} does not exist (give a local model folder; nothing is downloaded)")
         kwargs: dict[str, Any] = {}
         if self.cfg.gguf_file:
             if not (path / self.cfg.gguf_file).is_file():
-                raise PermanentError(f"gguf_file {self.cfg.gguf_file!r} not found in {path}")
+                raise FatalError(f"gguf_file {self.cfg.gguf_file!r} not found in {path}")
             kwargs["gguf_file"] = self.cfg.gguf_file
         dtype = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.cfg.dtype]
         try:
             self._tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
             self._model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs).to(self.cfg.device)
         except (OSError, ValueError) as exc:
-            raise PermanentError(f"cannot load a causal LM from {path} ({type(exc).__name__}: {exc})") from exc
+            raise FatalError(f"cannot load a causal LM from {path} ({type(exc).__name__}: {exc})") from exc
         self._model.eval()
         logger.info("loaded in-process LLM from %s on %s", path, self.cfg.device)
 
-    def complete(self, messages: list[dict[str, str]], *, temperature: float, max_tokens: int, seed: int | None) -> tuple[str, Usage]:
+    async def complete(self, messages: list[dict[str, str]], *, temperature: float, max_tokens: int,
+                       top_p: float | None, seed: int | None) -> tuple[str, Usage]:
+        return await asyncio.to_thread(self._generate, messages, temperature, max_tokens, top_p, seed)
+
+    def _generate(self, messages: list[dict[str, str]], temperature: float, max_tokens: int, top_p: float | None,
+                  seed: int | None) -> tuple[str, Usage]:
         import torch
 
         with self._lock:
@@ -198,7 +278,7 @@ class TransformersBackend:
             gen: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id or tok.eos_token_id}
             if temperature > 0:
                 torch.manual_seed(seed if seed is not None else 0)
-                gen.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+                gen.update(do_sample=True, temperature=temperature, top_p=1.0 if top_p is None else top_p, top_k=0)
             else:
                 gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             with torch.inference_mode():
@@ -207,7 +287,7 @@ class TransformersBackend:
             reply = tok.decode(new, skip_special_tokens=True)
         return reply, {"prompt_tokens": int(ids.shape[1]), "completion_tokens": int(new.shape[0])}
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self._model = None
 
 
@@ -215,4 +295,4 @@ def make_backend(cfg: LLMConfig) -> Backend:
     """The backend ``cfg.backend`` names."""
     if cfg.backend == "transformers":
         return TransformersBackend(cfg)
-    return HttpBackend(cfg)
+    return OpenAIBackend(cfg)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from typing import Literal
 
-__all__ = ["Backend", "LLMConfig", "OPENAI_BASE_URL"]
+__all__ = ["OPENAI_BASE_URL", "Backend", "LLMConfig"]
 
 Backend = Literal["openai", "azure", "openai_compatible", "transformers"]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -18,12 +19,15 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 class LLMConfig:
     """Everything :class:`llavarad.llm.LLMClient` needs; validated on construction.
 
-    HTTP backends:
-      - ``openai``: ``{base_url}/chat/completions`` with ``Authorization: Bearer $<api_key_env>``.
-      - ``azure``: ``{base_url}/openai/deployments/{deployment}/chat/completions?api-version=...``
-        with an ``api-key`` header; ``base_url`` is the resource endpoint.
+    HTTP backends (through the official ``openai`` package):
+      - ``openai``: ``openai.AsyncOpenAI`` on ``base_url`` (default the OpenAI API) with the key
+        from ``$<api_key_env>``.
+      - ``azure``: ``openai.AsyncAzureOpenAI`` on the resource endpoint ``base_url`` with
+        ``deployment`` and ``api_version``.
       - ``openai_compatible``: like ``openai`` (vLLM, Ollama, llama.cpp server ...); the key is
         optional.
+    ``timeout_s`` bounds each whole HTTP request (connect, headers and body together), not only
+    each read. A server's Retry-After is honoured up to ``retry_after_max_s`` and the wait is logged.
     In-process backend:
       - ``transformers``: ``AutoModelForCausalLM.from_pretrained(model_path, gguf_file=...)``,
         its chat template, greedy decoding at temperature 0.
@@ -37,6 +41,7 @@ class LLMConfig:
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     temperature: float = 0.0
+    top_p: float | None = None
     max_tokens: int = 1024
     timeout_s: float = 60.0
     max_retries: int = 5
@@ -47,6 +52,7 @@ class LLMConfig:
     tokens_per_minute: float | None = None
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    retry_after_max_s: float = 60.0
     cache_path: str | None = "llm_cache.sqlite"
     seed: int | None = None
     # azure
@@ -63,6 +69,10 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{f.name}={value} must be a finite number")
         backends = ("openai", "azure", "openai_compatible", "transformers")
         if self.backend not in backends:
             problems.append(f"backend={self.backend!r} is not one of {', '.join(backends)}")
@@ -76,7 +86,9 @@ class LLMConfig:
         for name in ("max_retries", "max_parse_retries"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
-        for name in ("timeout_s", "backoff_max_s"):
+        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
+            problems.append(f"top_p={self.top_p} must be within (0, 1], or null to leave it to the server")
+        for name in ("timeout_s", "backoff_max_s", "retry_after_max_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be > 0")
         if self.backoff_base_s < 0:

@@ -1,18 +1,22 @@
 """A scripted OpenAI-compatible chat server on 127.0.0.1, for protocol and fault tests in any area.
 
-    from llavarad.llm.testing import ScriptedServer, Reply, Status, Drop, Truncated
+A test double: it lives with the tests (on ``sys.path`` through ``tests/conftest.py``), never in the
+package. Benchmarks that need it add ``tests/`` to ``sys.path`` themselves.
+
+    from llm_fake_server import ScriptedServer, Reply, Status, Drop, Truncated, Trickle
 
     with ScriptedServer([Status(429, headers={"Retry-After": "0.05"}), Reply('{"ok": 1}')]) as srv:
         cfg = LLMConfig(backend="openai_compatible", base_url=srv.base_url, cache_path=None)
         ...
-    srv.requests  # every request received: path, query, headers, parsed JSON body
+    srv.requests  # every request received: path, query, headers (lower-case names), parsed JSON body
 
 Requests take the scripted actions in arrival order; when the script runs out, ``responder``
 (``fn(body: dict, index: int) -> action``) decides, or else the server answers 500 "script
 exhausted". Actions: :class:`Reply` (a chat completion, optional delay for timeouts and latency,
 ``finish_reason="length"`` for a cut-off reply), :class:`Status` (any HTTP error, e.g. 429 with
 Retry-After, 500), :class:`Drop` (close the connection without answering), :class:`Truncated`
-(promise a longer body than is sent, then hang up). Any path ending in ``/chat/completions``
+(promise a longer body than is sent, then hang up), :class:`Trickle` (a whole, valid reply sent one
+byte at a time, to defeat per-read timeouts). Any path ending in ``/chat/completions``
 is served, so the same server stands in for OpenAI, Azure and vLLM-style URLs.
 """
 
@@ -27,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Drop", "Reply", "ScriptedServer", "Status", "Truncated", "chat_completion_body"]
+__all__ = ["Drop", "Reply", "ScriptedServer", "Status", "Trickle", "Truncated", "chat_completion_body"]
 
 
 @dataclass
@@ -65,7 +69,15 @@ class Truncated:
     text: str = "a reply that will never arrive whole"
 
 
-Action = Union[Reply, Status, Drop, Truncated]
+@dataclass
+class Trickle:
+    """Send a valid 200 chat completion, but one byte every ``interval_s`` seconds."""
+
+    text: str = '{"n": 1}'
+    interval_s: float = 0.5
+
+
+Action = Union[Reply, Status, Drop, Truncated, Trickle]
 
 
 def chat_completion_body(text: str, model: str = "scripted", prompt_tokens: int = 100, completion_tokens: int | None = None,
@@ -104,7 +116,7 @@ class ScriptedServer:
             def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
                 return
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+            def do_POST(self) -> None:
                 server._handle(self)
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -147,7 +159,7 @@ class ScriptedServer:
         if self.responder is not None:
             try:
                 return self.responder(body, index)
-            except Exception as exc:  # noqa: BLE001 - a broken test responder should be visible, not a hang-up
+            except Exception as exc:
                 return Status(500, json.dumps({"error": {"message": f"ScriptedServer responder raised {exc!r}"}}))
         return Status(500, '{"error": {"message": "ScriptedServer: script exhausted"}}')
 
@@ -160,7 +172,7 @@ class ScriptedServer:
             body = {"_unparsable": raw.decode("utf-8", "replace")}
         parts = urlsplit(h.path)
         with self._lock:
-            self.requests.append({"path": parts.path, "query": parse_qs(parts.query), "headers": dict(h.headers.items()), "body": body})
+            self.requests.append({"path": parts.path, "query": parse_qs(parts.query), "headers": {k.lower(): v for k, v in h.headers.items()}, "body": body})
         if not parts.path.endswith("/chat/completions"):
             self._send(h, 404, json.dumps({"error": {"message": f"no route {parts.path}"}}).encode())
             return
@@ -186,6 +198,17 @@ class ScriptedServer:
                 h.wfile.write(data[: len(data) // 2])
                 h.wfile.flush()
                 h.close_connection = True
+            elif isinstance(action, Trickle):
+                data = json.dumps(chat_completion_body(action.text)).encode()
+                h.send_response(200)
+                h.send_header("Content-Type", "application/json")
+                h.send_header("Content-Length", str(len(data)))
+                h.end_headers()
+                for i in range(len(data)):
+                    h.wfile.write(data[i:i + 1])
+                    h.wfile.flush()
+                    if self._stop.wait(action.interval_s):
+                        return
             else:
                 self._send(h, 500, f'{{"error": {{"message": "unknown scripted action {type(action).__name__}"}}}}'.encode())
         except (BrokenPipeError, ConnectionResetError):
