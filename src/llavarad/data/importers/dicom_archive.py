@@ -1,0 +1,258 @@
+"""A hospital's own data: a folder tree of DICOM files (a PACS export) plus its reports -> manifest.
+
+:func:`import_dicom_archive` runs in two phases.
+
+1. **Headers** (the slow part, parallel and resumable). The tree is walked lazily and each file's
+   header is read without pixel data by a pool of worker processes, in bounded batches. Every
+   result is appended to the state file ``M.headers.jsonl`` with the crash-safe
+   :class:`~llavarad.io.manifest.JsonlWriter`; a rerun after a kill loads the finished paths into
+   an on-disk index and reads only the rest. Memory stays flat for any number of files.
+2. **Assembly** (fast, redone on every run, written atomically). In a temporary SQLite workspace:
+   reports are indexed by the join key (accession number or Study Instance UID), kept images are
+   sorted by study, duplicates of a SOP Instance UID dropped (the first path wins), each study's
+   report sectioned once (:func:`llavarad.data.sections.split_sections`) and every image written
+   as a manifest record (DESIGN.md contract). The split is by patient, from a salted hash, so it
+   never changes when more studies arrive. Because the output is sorted, a resumed import gives
+   byte-identical files to an uninterrupted one.
+
+Nothing is dropped silently: ``M.problems.jsonl`` lists every excluded file and every flagged
+image, study or report with a ``reason`` code and an ``action`` (excluded / flagged), and
+``M.summary.json`` counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+from llavarad.data.importers._common import DatasetLayoutError
+from llavarad.data.importers._dicom_assemble import EXCLUDING, assemble, patient_split
+from llavarad.data.importers._dicom_headers import iter_files, read_headers
+from llavarad.data.importers.report_sources import (
+    JOIN_KEYS,
+    JoinKey,
+    ReportColumns,
+    ReportFormat,
+)
+from llavarad.io.manifest import JsonlWriter, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EXCLUDING", "DicomImportConfig", "ImportSummary", "import_dicom_archive", "output_paths",
+           "patient_split"]
+
+_STATE_FORMAT = 1
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class DicomImportConfig:
+    """Settings of one import (recorded in ``M.summary.json``).
+
+    join: how reports find their study: ``accession`` (AccessionNumber) or ``study-uid``.
+    reports_format / columns / fhir_version: how to read the report file (:mod:`.report_sources`).
+    dataset: the manifest's ``dataset`` value and id prefix.
+    split: train / validate / test fractions by patient; split_salt: the hash's salt.
+    workers: header-reading processes (1 reads in this process); batch: files per task.
+    keep_secondary_capture / unknown_body_part / modalities: what counts as a chest radiograph.
+    headerless_to: where a report without section headers goes (see :class:`SectionerConfig`).
+    restart: ignore the state of an earlier run and read every header again.
+    """
+
+    join: JoinKey = "accession"
+    reports_format: ReportFormat = "auto"
+    columns: ReportColumns = field(default_factory=ReportColumns)
+    fhir_version: Literal["R4", "R4B", "R5"] = "R4"
+    dataset: str = "local"
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_salt: str = "llavarad"
+    workers: int = 2
+    batch: int = 64
+    keep_secondary_capture: bool = False
+    unknown_body_part: Literal["exclude", "keep"] = "exclude"
+    modalities: tuple[str, ...] = ("CR", "DX")
+    headerless_to: Literal["none", "findings", "impression"] = "none"
+    restart: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.join not in JOIN_KEYS:
+            problems.append(f"join={self.join!r}: use one of {', '.join(JOIN_KEYS)}")
+        if len(self.split) != 3 or any(x < 0 for x in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
+            problems.append(f"split={self.split!r}: three fractions (train, validate, test) >= 0 that sum to 1")
+        if self.workers < 1 or self.batch < 1:
+            problems.append(f"workers={self.workers}, batch={self.batch}: both must be >= 1")
+        if not self.dataset.strip() or "/" in self.dataset:
+            problems.append(f"dataset={self.dataset!r}: a non-empty name without '/' (e.g. 'local')")
+        if self.unknown_body_part not in ("exclude", "keep"):
+            problems.append(f"unknown_body_part={self.unknown_body_part!r}: use exclude or keep")
+        if self.fhir_version not in ("R4", "R4B", "R5"):
+            problems.append(f"fhir_version={self.fhir_version!r}: use R4, R4B or R5")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class ImportSummary:
+    """Counts of one import; ``problems`` maps reason -> count (see ``M.problems.jsonl``); ``excluded``
+    counts the problem rows whose item is not in the manifest."""
+
+    files: int = 0
+    headers_read_now: int = 0
+    images: int = 0
+    frontal: int = 0
+    lateral: int = 0
+    view_unknown: int = 0
+    studies: int = 0
+    studies_with_report: int = 0
+    patients: int = 0
+    reports: int = 0
+    with_findings: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    problems: dict[str, int] = field(default_factory=dict)
+    excluded: int = 0
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    """The files written next to the manifest ``out``: problems, summary and the headers state."""
+    stem = out.name.removesuffix(".jsonl")
+    return {"manifest": out, "problems": out.with_name(stem + ".problems.jsonl"),
+            "summary": out.with_name(stem + ".summary.json"), "state": out.with_name(stem + ".headers.jsonl")}
+
+
+def import_dicom_archive(root: str | Path, reports: str | Path, out: str | Path,
+                         config: DicomImportConfig | None = None, progress: Progress | None = None) -> ImportSummary:
+    """Import the DICOM tree ``root`` with the report file ``reports`` into the manifest ``out``.
+
+    Writes ``out`` (records), ``M.problems.jsonl``, ``M.summary.json`` and keeps the state file
+    ``M.headers.jsonl`` (delete it, or pass ``restart``, to read every header again).
+
+    Raises:
+        DatasetLayoutError: ``root`` or ``reports`` is missing, the report file lacks the named
+            columns, or the state file belongs to another root.
+    """
+    cfg = config or DicomImportConfig()
+    root, out = Path(root).resolve(), Path(out)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{root}: no such folder; pass the top folder of the DICOM export")
+    paths = output_paths(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = ImportSummary(paths={k: str(v) for k, v in paths.items()})
+    fd, db_name = tempfile.mkstemp(prefix=".llavarad-import-", suffix=".sqlite", dir=out.parent)
+    os.close(fd)
+    db = sqlite3.connect(db_name)
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        summary.headers_read_now = _scan_headers(db, root, paths["state"], cfg, progress)
+        assemble(db, root, Path(reports), paths, cfg, summary, progress)
+    finally:
+        db.close()
+        Path(db_name).unlink(missing_ok=True)
+    _write_json(paths["summary"], {**summary.to_dict(), "root": str(root), "reports": str(reports),
+                                   "config": _config_dict(cfg)})
+    return summary
+
+
+def _config_dict(cfg: DicomImportConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _load_state(db: sqlite3.Connection, state: Path, root: Path, restart: bool) -> bool:
+    """Index the paths of an earlier run's state file; return whether it needs its meta line."""
+    db.execute("CREATE TABLE done (path TEXT PRIMARY KEY)")
+    if restart and state.exists():
+        state.unlink()
+    if not state.exists() or state.stat().st_size == 0:
+        return True
+    batch: list[tuple[str]] = []
+    for line, obj in read_jsonl(state):
+        if "meta" in obj:
+            meta = obj["meta"]
+            if meta.get("root") != str(root) or meta.get("format") != _STATE_FORMAT:
+                raise DatasetLayoutError(f"{state}: this state file belongs to an import of {meta.get('root')!r}, not "
+                                         f"{str(root)!r}; pass --restart (or another --out) to start over")
+            continue
+        batch.append((obj["path"],))
+        if len(batch) >= 10_000:
+            db.executemany("INSERT OR IGNORE INTO done VALUES (?)", batch)
+            batch.clear()
+    db.executemany("INSERT OR IGNORE INTO done VALUES (?)", batch)
+    db.commit()
+    return False
+
+
+def _new_files(db: sqlite3.Connection, root: Path, counter: Counter) -> Iterator[str]:
+    for rel in iter_files(root):
+        counter["files"] += 1
+        if db.execute("SELECT 1 FROM done WHERE path = ?", (rel,)).fetchone() is None:
+            yield rel
+
+
+def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _pooled(root: str, batches: Iterator[list[str]], workers: int) -> Iterator[list[dict[str, Any]]]:
+    """Results of :func:`read_headers` per batch, in order, with at most ``4 * workers`` batches in flight."""
+    if workers == 1:
+        for batch in batches:
+            yield read_headers(root, batch)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending: deque[Future] = deque()
+        for batch in batches:
+            pending.append(pool.submit(read_headers, root, batch))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _scan_headers(db: sqlite3.Connection, root: Path, state: Path, cfg: DicomImportConfig,
+                  progress: Progress | None) -> int:
+    """Phase 1: read the header of every file not yet in ``state``; return how many were read now."""
+    needs_meta = _load_state(db, state, root, cfg.restart)
+    counter: Counter = Counter()
+    n_new = 0
+    with JsonlWriter(state, key=None, resume=True, fsync=False) as writer:
+        if needs_meta:
+            writer.write({"meta": {"root": str(root), "format": _STATE_FORMAT}})
+        for results in _pooled(str(root), _batches(_new_files(db, root, counter), cfg.batch), cfg.workers):
+            for row in results:
+                writer.write(row)
+            n_new += len(results)
+            if progress:
+                progress("headers", n_new, None)
+    logger.info("%s: %d files, %d headers read now, %d from the state file", root, counter["files"], n_new,
+                counter["files"] - n_new)
+    return n_new
