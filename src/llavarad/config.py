@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -116,13 +117,19 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         if isinstance(value, bool):
             problems.append(f"{where}: expected a number, got {value!r}")
             return value
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:  # .inf / .nan in YAML: a run would train on NaN and save NaN weights
+            problems.append(f"{where}: {value!r} is not a finite number")
+            return value
         problems.append(f"{where}: expected a number, got {value!r}")
         return value
     if tp is str:
@@ -207,10 +214,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         source = str(path)
         if not path.is_file():
             raise ConfigError([f"config file {path} does not exist"], source)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{path} is not UTF-8 text (byte {exc.start}); is it a YAML file?"], source) from exc
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"], source) from exc
         try:
             loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
             raise ConfigError([f"cannot parse {path}: {exc}"], source) from exc
         if loaded is None:
             loaded = {}

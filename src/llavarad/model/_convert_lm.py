@@ -86,6 +86,55 @@ class LoraAdapter:
         return sorted({m.rsplit(".", 1)[-1] for m in self.a})
 
 
+def lora_config_problems(config: Any) -> list[str]:
+    """What is wrong with a peft ``adapter_config.json`` for a LoRA (r, lora_alpha, dropout, targets); [] if nothing."""
+    import math
+
+    if not isinstance(config, dict):
+        return [f"expected a JSON object, got {type(config).__name__}"]
+    problems = []
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if "r" not in config or "lora_alpha" not in config:
+        problems.append("r and lora_alpha are required")
+    if "r" in config and (isinstance(r, bool) or not isinstance(r, int) or r <= 0):
+        problems.append(f"r is {r!r}: must be a positive integer (e.g. 64)")
+    if "lora_alpha" in config and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                   or not math.isfinite(alpha) or alpha <= 0):
+        problems.append(f"lora_alpha is {alpha!r}: must be a positive number (e.g. 128)")
+    dropout = config.get("lora_dropout", 0.0)
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0 <= dropout < 1):
+        problems.append(f"lora_dropout is {dropout!r}: must be a number in [0, 1)")
+    targets = config.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+            isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        problems.append(f"target_modules is {targets!r}: must be a regex string or a list of module names")
+    return problems
+
+
+def load_adapter_weights(weights_path: Path) -> dict[str, Any]:
+    """The tensors of ``adapter_model.safetensors`` / ``.bin``; a damaged file or non-tensor value is a ConversionError."""
+    import torch
+
+    if weights_path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConversionError(f"{weights_path}: unreadable safetensors file, truncated or damaged ({exc}); "
+                                  "re-copy it") from exc
+    else:
+        state = load_torch_file(weights_path)
+    if not isinstance(state, dict) or not state:
+        raise ConversionError(f"{weights_path}: expected a dict of LoRA tensors")
+    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise ConversionError(f"{weights_path}: {len(odd)} value(s) are not tensors ({', '.join(map(str, odd[:5]))})")
+    return state
+
+
 def load_lora(config_path: Path, weights_path: Path) -> LoraAdapter:
     """Read and validate ``adapter_config.json`` + ``adapter_model.{bin,safetensors}``."""
     try:
@@ -103,19 +152,10 @@ def load_lora(config_path: Path, weights_path: Path) -> LoraAdapter:
     for key in ("alpha_pattern", "layers_to_transform", "modules_to_save"):
         if config.get(key):
             problems.append(f"{key}={config.get(key)!r} is not supported by the converter")
-    if "r" not in config or "lora_alpha" not in config:
-        problems.append("r and lora_alpha are required")
+    problems += lora_config_problems(config)
     if problems:
         raise ConversionError(f"{config_path}: " + "; ".join(problems))
-
-    if weights_path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(weights_path))
-    else:
-        state = load_torch_file(weights_path)
-    if not isinstance(state, dict) or not state:
-        raise ConversionError(f"{weights_path}: expected a dict of LoRA tensors")
+    state = load_adapter_weights(weights_path)
     adapter = LoraAdapter(config=config, source=str(weights_path))
     leftovers = []
     for key, tensor in state.items():

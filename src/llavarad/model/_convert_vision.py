@@ -65,9 +65,11 @@ def load_torch_file(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         raise ConversionError(f"{path}: refused by torch.load(weights_only=True) ({exc}); only tensors and plain "
                               "containers are allowed in weight files") from exc
+    except (OSError, ValueError, EOFError) as exc:  # a truncated zip fails inside the reader (EINVAL)
+        raise ConversionError(f"{path}: truncated or damaged weight file ({exc}); re-copy it") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
         raise ConversionError(f"{path}: cannot be read by torch.load(weights_only=True) ({exc})") from exc
 
 

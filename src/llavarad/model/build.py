@@ -248,6 +248,9 @@ def init_from_parts(vision_dir: str | Path, lm_dir: str | Path, *, preset: Model
 
 def save_model(bundle: ModelBundle, out_dir: str | Path, *, train_config: dict | None = None) -> Path:
     """Write a self-describing model folder (safetensors weights, processor, tokenizer, meta)."""
+    from llavarad.model.finite import check_finite_weights
+
+    check_finite_weights(bundle.model.state_dict().items(), f"the model to {out_dir}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bundle.model.save_pretrained(out, safe_serialization=True)

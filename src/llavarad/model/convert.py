@@ -37,6 +37,7 @@ from llavarad.model._convert_lm import (
     strip_peft_prefix,
 )
 from llavarad.model._convert_vision import VISION_FILE, ConversionError, load_torch_file, split_trunk, timm_trunk_to_dinov2
+from llavarad.model.finite import check_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def convert_encoder(release_dir: str | Path, out_dir: str | Path, *, dtype: DTyp
     model = Dinov2Model(Dinov2Config(**cfg))
     _load_exact(model, state, str(files[VISION_FILE]))
     model.to(torch_dtype).eval()
+    check_finite_weights(model.state_dict().items(), f"the encoder to {out_dir}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
@@ -215,10 +217,16 @@ def _release_config(path: Path, vision_hidden: int) -> dict[str, Any]:
 
 def _projector(path: Path, lm_names: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Projector tensors (Llava naming) and base-LM overrides (LLaMA naming) from non_lora_trainables."""
+    import torch
+
     state = load_torch_file(path)
     if not isinstance(state, dict):
         raise ConversionError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     proj, overrides, leftovers = {}, {}, []
+    odd = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise ConversionError(f"{path}: {len(odd)} value(s) are not tensors ({', '.join(odd[:5])}); is this the "
+                              "release's non_lora_trainables.bin?")
     for key, tensor in state.items():
         k = strip_peft_prefix(key)
         if k.startswith("model.mm_projector."):
@@ -411,4 +419,5 @@ def _save_adapter(adapter: LoraAdapter, out: Path, torch_dtype) -> None:
         llava_module = "model.language_model." + module[len("model."):] if module.startswith("model.") else module
         tensors[f"base_model.model.{llava_module}.lora_A.weight"] = adapter.a[module].to(torch_dtype).contiguous()
         tensors[f"base_model.model.{llava_module}.lora_B.weight"] = adapter.b[module].to(torch_dtype).contiguous()
+    check_finite_weights(tensors.items(), f"the LoRA adapter to {out}")
     save_file(tensors, str(out / "adapter_model.safetensors"))
