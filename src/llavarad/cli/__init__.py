@@ -19,7 +19,8 @@ from llavarad.cli import _errors
 __all__ = ["cli", "main"]
 
 #: Modules under llavarad.cli, each with ``register(group: click.Group) -> None``.
-_PARTS = ("model", "data", "phantom", "train", "label", "evaluate", "chexprompt", "analysis", "explain", "serve")
+_PARTS = ("model", "data", "phantom", "train", "label", "evaluate", "chexprompt", "analysis", "explain", "serve",
+          "own_data")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
