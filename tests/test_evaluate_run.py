@@ -97,16 +97,20 @@ def test_evaluate_end_to_end(tmp_path, shared_data):
     assert len(result["generation_errors"]) == 1 and len(result["problems"]) == 1
     for key, _, _ in TABLE_COLUMNS:
         m = result["metrics"][key]
-        if key == "F1-RadGraph":
+        if key in ("F1-RadGraph", "RadGraph-combined"):
             assert m is None
             continue
         assert m["ci_low"] <= m["value"] <= m["ci_high"], key
         assert m["ci_low"] <= m["bootstrap_median"] <= m["ci_high"], key
         assert 0.0 <= m["value"] <= 100.0
     assert "turned off" in result["settings"]["metrics"]["F1-RadGraph"]["skipped"]
-    assert result["settings"]["bootstrap"] == {"n_resamples": 50, "seed": 0, "confidence": 0.95, "method": "percentile",
+    assert result["settings"]["bootstrap"] == {"n_resamples": 50, "seed": 3, "confidence": 0.95, "method": "percentile",
                                               "paired": "same resamples for every metric",
-                                              "rng": "numpy.random.default_rng(seed).integers"}
+                                              "rng": "numpy.random.RandomState(seed).randint(0, n, (n_resamples, n))",
+                                              "bleu_seed": 12345}
+    assert result["settings"]["statistic"]["convention"] == "release"
+    assert result["metrics"]["ROUGE-L"]["headline"] == "bootstrap median"
+    assert result["metrics"]["BLEU-4"]["headline"] == "full sample" and "bootstrap_mean" in result["metrics"]["BLEU-4"]
     assert "tok:13a" in result["settings"]["metrics"]["BLEU-4"]["settings"]["signature"]
     assert result["settings"]["metrics"]["Micro-F1-14"]["settings"]["labeler"]["name"] == "fake"
     assert result["versions"]["sacrebleu"] and result["versions"]["labeler"] == "fake 0"
@@ -122,7 +126,8 @@ def test_evaluate_end_to_end(tmp_path, shared_data):
     assert [r["id"] for r in per_report] == [p[0] for p in pairs]
     assert float(per_report[5]["rougeL"]) == 0.0
     md = (out / "table.md").read_text()
-    assert "Micro F1-14" in md and "F1-RadGraph not computed" in md and "| Pleural Effusion |" in md
+    assert "Micro F1-14" in md and "F1-RadGraph and RadGraph-combined not computed" in md and "| Pleural Effusion |" in md
+    assert "Release convention (LLaVA-Rad rrg_eval)" in md
     obs = list(csv.DictReader((out / "per_observation.csv").open()))
     assert len(obs) == 28
 
@@ -163,7 +168,10 @@ def test_radgraph_scores_with_injected_scorer(tmp_path, shared_data):
     preds = _write_preds(tmp_path / "preds.jsonl", [("a", "Heart normal.", "Heart normal."), ("b", "Lungs clear.", "")])
     result = evaluate(preds, tmp_path / "eval", EvaluateConfig(bootstrap=20, plot=False), labeler=FakeLabeler(),
                       radgraph_scorer=RadGraphScorer(annotator=annotate))
-    assert result["metrics"]["F1-RadGraph"]["value"] == pytest.approx(50.0)
+    assert result["metrics"]["F1-RadGraph"]["full_sample"] == pytest.approx(50.0)
+    # no relations: entity F1 1.0 and 0.0, relation F1 0.0 for both -> combined 0.25 on average
+    assert result["metrics"]["RadGraph-combined"]["value"] == pytest.approx(25.0)
+    assert result["settings"]["metrics"]["F1-RadGraph"]["settings"]["package_api"] == "external annotator"
     assert (tmp_path / "eval" / "radgraph_cache.jsonl").is_file()
 
 

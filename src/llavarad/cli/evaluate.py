@@ -24,15 +24,20 @@ def register(group: click.Group) -> None:
                    "otherwise skipped with the reason. --radgraph makes their absence an error.")
 @click.option("--radgraph-weights", type=click.Path(path_type=str), default=None,
               help="Folder with RadGraph weights (DIR/radgraph/weights.th); default $LLAVARAD_RADGRAPH_WEIGHTS.")
+@click.option("--statistic", type=click.Choice(["release", "full"]), default="release", show_default=True,
+              help="What heads each column: 'release' = as LLaVA-Rad's rrg_eval and the paper (bootstrap median for "
+                   "CheXbert F1, F1-RadGraph, ROUGE-L; BLEU on all reports with sacrebleu's interval); 'full' = the "
+                   "value on all reports everywhere.")
 @click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=1), default=500, show_default=True,
               help="Bootstrap resamples for the 95% intervals.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the resampling.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=3, show_default=True,
+              help="Seed of the resampling (3: the release's).")
 @click.option("--name", default=None, help="Model name in the table (default: the predictions' 'model' field).")
 @click.option("--no-plot", is_flag=True, help="Do not draw per_observation_f1.png.")
 @click.pass_context
 def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: str, chexbert_weights: str | None,
-                 radgraph: bool | None, radgraph_weights: str | None, n_bootstrap: int, seed: int, name: str | None,
-                 no_plot: bool) -> None:
+                 radgraph: bool | None, radgraph_weights: str | None, statistic: str, n_bootstrap: int, seed: int,
+                 name: str | None, no_plot: bool) -> None:
     """Score generated reports: the metric table of LLaVA-Rad's Supplementary Table 1.
 
     PREDICTIONS is the JSONL written by `llavarad generate` (id, reference, prediction, error).
@@ -57,7 +62,8 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
     console = Console(stderr=True)
     try:
         config = EvaluateConfig(labeler=labeler, chexbert_weights=chexbert_weights, radgraph="auto" if radgraph is None else "on" if radgraph else "off",
-                                radgraph_weights=radgraph_weights, bootstrap=n_bootstrap, seed=seed, name=name,
+                                radgraph_weights=radgraph_weights, statistic=statistic, bootstrap=n_bootstrap, seed=seed,
+                                name=name,
                                 plot=not no_plot)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -87,7 +93,8 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
 
     m = result["metrics"]
     click.echo(f"{result['model']}: {result['n']} of {result['n_rows']} rows scored "
-               f"(labeler {result['settings']['labeler']}, {n_bootstrap} bootstrap resamples, seed {seed})")
+               f"(labeler {result['settings']['labeler']}, {statistic} statistic, {n_bootstrap} bootstrap resamples, "
+               f"seed {seed})")
     for key, group, _ in TABLE_COLUMNS:
         v = m.get(key)
         shown = "skipped" if v is None else f"{v['value']:6.1f}  [{v['ci_low']:.1f}, {v['ci_high']:.1f}]"

@@ -10,25 +10,47 @@ reports, percentile interval). Two ways to use it:
   resamples, so a statistic built from per-item sufficient statistics (n-gram match counts,
   confusion-matrix cells, per-report scores) is one matrix product for all resamples at once;
   :func:`bootstrap_mean_ci` and :func:`percentile_interval` finish the job.
+
+Two generators draw the resamples. ``"pcg64"`` (``numpy.random.default_rng(seed)``) is the
+default of the library functions. ``"legacy"`` (``numpy.random.RandomState(seed).randint``) draws
+exactly the resamples of the release's evaluation: ``scipy.stats.bootstrap(random_state=seed)``
+(its CheXbert and F1-RadGraph intervals) and ``rouge_score``'s ``BootstrapAggregator`` after
+``numpy.random.seed(seed)`` (its ROUGE-L interval) both take row ``r`` of that one matrix, so the
+evaluation stage uses it with the release's seed 3. sacrebleu's own BLEU bootstrap uses a third
+draw (:func:`sacrebleu_counts`) and a symmetric interval (:func:`sacrebleu_interval`).
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RELEASE_SEED",
+    "SACREBLEU_SEED",
+    "Generator",
     "bootstrap_ci",
     "bootstrap_indices",
     "bootstrap_mean_ci",
     "bootstrap_median",
     "percentile_interval",
     "resample_counts",
+    "sacrebleu_counts",
+    "sacrebleu_interval",
 ]
+
+Generator = Literal["pcg64", "legacy"]
+#: Seed of every bootstrap of the release's evaluation (numpy and random seeded at import of its
+#: run.py; random_state of its scipy bootstraps).
+RELEASE_SEED = 3
+#: sacrebleu's default bootstrap seed (its SACREBLEU_SEED environment variable, when unset).
+SACREBLEU_SEED = 12345
 
 
 def _check(n_items: int, n_resamples: int, confidence: float) -> None:
@@ -43,29 +65,70 @@ def _check(n_items: int, n_resamples: int, confidence: float) -> None:
         raise ValueError("; ".join(problems))
 
 
-def bootstrap_indices(n_items: int, n_resamples: int = 500, seed: int = 0) -> np.ndarray:
+def bootstrap_indices(n_items: int, n_resamples: int = 500, seed: int = 0, generator: Generator = "pcg64") -> np.ndarray:
     """Resampled item indices, drawn with replacement.
+
+    Args:
+        generator: "pcg64" (``default_rng(seed).integers``) or "legacy"
+            (``RandomState(seed).randint``, the release's resamples; see the module docs).
 
     Returns:
         int64 array of shape ``(n_resamples, n_items)``; row ``r`` is resample ``r``. The same
-        ``(n_items, n_resamples, seed)`` always gives the same matrix.
+        ``(n_items, n_resamples, seed, generator)`` always gives the same matrix.
     """
     _check(n_items, n_resamples, 0.5)
+    if generator == "legacy":
+        return np.random.RandomState(seed).randint(0, n_items, size=(n_resamples, n_items)).astype(np.int64)
+    if generator != "pcg64":
+        raise ValueError(f"generator={generator!r}: use 'pcg64' or 'legacy'")
     rng = np.random.default_rng(seed)
     return rng.integers(0, n_items, size=(n_resamples, n_items), dtype=np.int64)
 
 
-def resample_counts(n_items: int, n_resamples: int = 500, seed: int = 0) -> np.ndarray:
+def _counts_of(idx: np.ndarray, n_items: int) -> np.ndarray:
+    n_resamples = idx.shape[0]
+    offsets = idx + (np.arange(n_resamples, dtype=np.int64) * n_items)[:, None]
+    counts = np.bincount(offsets.ravel(), minlength=n_resamples * n_items)
+    return counts.reshape(n_resamples, n_items).astype(np.float64)
+
+
+def resample_counts(n_items: int, n_resamples: int = 500, seed: int = 0, generator: Generator = "pcg64") -> np.ndarray:
     """How often each item appears in each resample (the resamples of :func:`bootstrap_indices`).
 
     Returns:
         float64 array of shape ``(n_resamples, n_items)`` whose rows sum to ``n_items``. A sum
         statistic over resample ``r`` is ``counts[r] @ per_item``.
     """
-    idx = bootstrap_indices(n_items, n_resamples, seed)
-    offsets = idx + (np.arange(n_resamples, dtype=np.int64) * n_items)[:, None]
-    counts = np.bincount(offsets.ravel(), minlength=n_resamples * n_items)
-    return counts.reshape(n_resamples, n_items).astype(np.float64)
+    return _counts_of(bootstrap_indices(n_items, n_resamples, seed, generator), int(n_items))
+
+
+def sacrebleu_counts(n_items: int, n_resamples: int = 500, seed: int | None = SACREBLEU_SEED) -> np.ndarray:
+    """Multiplicities of the resamples sacrebleu draws for ``corpus_score(..., n_bootstrap=n_resamples)``.
+
+    sacrebleu (significance.py, ``_bootstrap_resample``) takes
+    ``default_rng(seed).choice(n_items, size=(n_resamples, n_items), replace=True)`` with the seed
+    of its ``SACREBLEU_SEED`` variable, 12345 by default. Returns float64 ``(n_resamples, n_items)``.
+    """
+    _check(n_items, n_resamples, 0.5)
+    idx = np.random.default_rng(seed).choice(int(n_items), size=(int(n_resamples), int(n_items)), replace=True)
+    return _counts_of(np.asarray(idx, dtype=np.int64), int(n_items))
+
+
+def sacrebleu_interval(replicates: np.ndarray) -> tuple[float, float, float]:
+    """sacrebleu's 95% bootstrap interval: ``(mean - half, mean + half, mean)``.
+
+    sacrebleu (metrics/base.py, ``Score.estimate_ci``) sorts the replicate scores, takes the ones
+    at positions ``n // 40`` and ``n - n // 40 - 1`` as the bounds, and reports the mean of all
+    replicates plus or minus half their distance; the release prints exactly that interval for
+    BLEU. It is symmetric about the bootstrap mean, not a percentile interval.
+    """
+    reps = np.sort(np.asarray(replicates, dtype=np.float64).ravel())
+    if reps.size == 0:
+        raise ValueError("no bootstrap replicates")
+    k = reps.size // 40
+    half = 0.5 * (reps[reps.size - k - 1] - reps[k])
+    mean = float(statistics.mean(reps.tolist()))  # sacrebleu's own mean (exact rational sum)
+    return mean - half, mean + half, mean
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:

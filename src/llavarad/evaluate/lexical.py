@@ -21,7 +21,14 @@ from importlib.metadata import version as _pkg_version
 
 import numpy as np
 
-from llavarad.evaluate.bootstrap import bootstrap_median, percentile_interval, resample_counts
+from llavarad.evaluate.bootstrap import (
+    SACREBLEU_SEED,
+    bootstrap_median,
+    percentile_interval,
+    resample_counts,
+    sacrebleu_counts,
+    sacrebleu_interval,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +36,7 @@ __all__ = [
     "BleuStats",
     "LexicalResult",
     "bleu_from_stats",
+    "bleu_sacrebleu_bootstrap",
     "bleu_stats",
     "corpus_bleu",
     "lexical_metrics",
@@ -98,6 +106,36 @@ def bleu_from_stats(summed: np.ndarray, max_ngram_order: int, effective_order: b
     score = BLEU.compute_bleu(correct, total, sys_len=s[0], ref_len=s[1], smooth_method="exp",
                               effective_order=effective_order, max_ngram_order=max_ngram_order)
     return float(score.score)
+
+
+def bleu_sacrebleu_bootstrap(
+    stats: BleuStats, max_ngram_order: int, n_resamples: int = 500, seed: int | None = SACREBLEU_SEED,
+) -> dict[str, float]:
+    """Corpus BLEU with sacrebleu's own bootstrap, as ``corpus_score(..., n_bootstrap=n_resamples)``.
+
+    The release's BLEU rows (rrg_eval run.py) print that call's score (all reports) and
+    ``mean -/+ ci`` of its resamples. This gives the same numbers from the per-report statistics:
+    sacrebleu's resamples (:func:`llavarad.evaluate.bootstrap.sacrebleu_counts`), each scored from
+    float32 sums as sacrebleu does, and its interval
+    (:func:`llavarad.evaluate.bootstrap.sacrebleu_interval`).
+
+    Returns:
+        ``{"value", "ci_low", "ci_high", "bootstrap_mean", "bootstrap_median"}`` on sacrebleu's 0-100 scale.
+    """
+    from sacrebleu.metrics import BLEU
+
+    st = stats.stats
+    counts = sacrebleu_counts(len(stats), n_resamples, seed)
+    sums = np.rint(counts @ st.astype(np.float64)).astype(np.float32)  # sacrebleu sums float32 rows
+    order = int(max_ngram_order)
+    reps = np.array([
+        BLEU.compute_bleu(correct=row[2:2 + order], total=row[2 + _MAX_ORDER:2 + _MAX_ORDER + order],
+                          sys_len=int(row[0]), ref_len=int(row[1]), smooth_method="exp",
+                          effective_order=False, max_ngram_order=order).score
+        for row in sums], dtype=np.float64)
+    low, high, mean = sacrebleu_interval(reps)
+    return {"value": bleu_from_stats(st.sum(axis=0), order), "ci_low": low, "ci_high": high,
+            "bootstrap_mean": mean, "bootstrap_median": bootstrap_median(reps)}
 
 
 def corpus_bleu(refs: Sequence[str], hyps: Sequence[str], max_ngram_order: int = 4) -> float:
