@@ -106,6 +106,7 @@ def _build(hd, report: DraftReport, evidence: list[Dataset], model: ModelInfo, u
         series_description=series_description(model), manufacturer_model_name=model.name[:64],
         software_versions=model.version[:64], content_date=when.date(), content_time=when.time().replace(tzinfo=None),
         series_date=when.date(), series_time=when.time().replace(tzinfo=None),
+        specific_character_set="ISO_IR 192",  # UTF-8: any findings text and any copied name fit
     )
 
 
