@@ -65,27 +65,39 @@ def init_cmd(out_dir: Path, preset: str | None, vision_dir: Path | None, lm_dir:
 @click.option("--dtype", default="auto", show_default=True, help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
 @click.option("--no-resume", is_flag=True, help="Start the output file afresh instead of skipping finished ids.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image instead of plain text.")
+@click.option("--format", "out_format", type=click.Choice(["jsonl", "fhir", "sr"]), default=None,
+              help="IMAGE mode: jsonl (as --json), fhir (one FHIR R4 DiagnosticReport per line, preliminary) or sr "
+                   "(a DICOM SR per DICOM image, written to --out-dir). See docs/integration.md.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for --format sr (one <SOP Instance UID>.dcm per image).")
 @click.pass_context
 def generate_cmd(ctx: click.Context, images: tuple[Path, ...], model_dir: Path, indication: str | None,
                  manifest: Path | None, out_path: Path | None, batch_size: int, max_new_tokens: int,
-                 prompt_format: str | None, device: str, dtype: str, no_resume: bool, as_json: bool) -> None:
+                 prompt_format: str | None, device: str, dtype: str, no_resume: bool, as_json: bool,
+                 out_format: str | None, out_dir: Path | None) -> None:
     """Write draft Findings for chest X-rays (PNG, JPEG or DICOM).
 
     \b
     Examples:
       llavarad generate cxr.dcm --model models/llava-rad --indication "Dyspnea."
       llavarad generate --model models/llava-rad --manifest test.jsonl --out preds.jsonl
+      llavarad generate cxr.dcm --model models/llava-rad --format sr --out-dir drafts/
     """
 
     from llavarad.generate import GenerationSettings, ReportGenerator
     from llavarad.io.images import ImageReadError
     from llavarad.model.build import ModelFolderError, load_model
+    from llavarad.report_formats import ReportFormatError
     from llavarad.sharding import device_for_rank, rank_info
 
     if manifest is None and not images:
         raise click.UsageError("give one or more IMAGE paths, or --manifest FILE --out FILE")
     if manifest is not None and (images or out_path is None):
         raise click.UsageError("--manifest needs --out and takes no IMAGE arguments")
+    if manifest is not None and out_format in ("fhir", "sr"):
+        raise click.UsageError("--format fhir|sr works on IMAGE arguments; a --manifest run writes predictions JSONL")
+    if out_format == "sr" and out_dir is None:
+        raise click.UsageError("--format sr writes one DICOM file per image: give --out-dir DIR")
     try:
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, prompt_format=prompt_format)
         bundle = load_model(model_dir, device=device_for_rank(device, rank_info()), dtype=dtype)
@@ -98,14 +110,24 @@ def generate_cmd(ctx: click.Context, images: tuple[Path, ...], model_dir: Path, 
 
     generator = ReportGenerator(bundle, settings)
     failed = 0
+    if out_format in ("fhir", "sr"):
+        from llavarad.cli._report_output import model_info, render
+        from llavarad.report_formats import read_source_header
+
+        info = model_info(model_dir, settings, bundle)
     for path in images:
         try:
+            if out_format == "sr":  # a PNG/JPEG has no study to attach to: say so before generating
+                read_source_header(path)
             text = generator.generate(path, indication=indication)
-        except (ImageReadError, OSError) as exc:
+            if out_format in ("fhir", "sr"):
+                click.echo(render(out_format, path, text, indication, info, out_dir))
+                continue
+        except (ImageReadError, OSError, ReportFormatError) as exc:
             failed += 1
             click.echo(f"error: {exc}", err=True)
             continue
-        if as_json:
+        if as_json or out_format == "jsonl":
             click.echo(json.dumps({"image": str(path), "indication": indication, "prediction": text}))
         elif len(images) > 1:
             click.echo(f"== {path}\n{text}\n")

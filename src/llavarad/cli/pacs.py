@@ -58,10 +58,10 @@ def pacs_cmd(ctx: click.Context, url: str, model_dir: Path, since: _dt.date | No
           --auth basic --auth-env PACS_LOGIN --since 2024-06-01 --once
       llavarad pacs --dicomweb https://pacs/dicom-web --model models/llava-rad --auth bearer --auth-file token.txt
     """
+    from llavarad.cli._report_output import model_info
     from llavarad.generate import GenerationSettings, ReportGenerator
     from llavarad.model.build import load_model
     from llavarad.pacs import PacsConfig, run_loop
-    from llavarad.report_formats import ModelInfo
 
     config = PacsConfig(dicomweb_url=url, state_path=state_path, since=since, modalities=modalities, auth=auth,
                         auth_env=auth_env, auth_file=auth_file, max_attempts=max_attempts, poll_seconds=poll_seconds,
@@ -69,7 +69,7 @@ def pacs_cmd(ctx: click.Context, url: str, model_dir: Path, since: _dt.date | No
     config.client()  # credentials and URL checked before the model is loaded
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=1)
     bundle = load_model(model_dir, device=device, dtype=dtype)
-    model = ModelInfo.from_model_dir(model_dir, settings=_recorded(settings, bundle), bundle=bundle)
+    model = model_info(model_dir, settings, bundle)
     click.echo(f"model {model.identity}; PACS {url}; state {state_path}", err=True)
 
     def show(summary) -> None:
@@ -86,12 +86,6 @@ def pacs_cmd(ctx: click.Context, url: str, model_dir: Path, since: _dt.date | No
         ctx.exit(130)
     if once and last.failed:
         ctx.exit(1)
-
-
-def _recorded(settings, bundle) -> dict:
-    """The generation settings recorded in every SR (Algorithm Parameters) and FHIR Device."""
-    return {"max_new_tokens": settings.max_new_tokens, "decoding": "greedy" if settings.num_beams == 1 else
-            f"beam{settings.num_beams}", "prompt_format": settings.prompt_format or bundle.prompt_format}
 
 
 def register(group: click.Group) -> None:

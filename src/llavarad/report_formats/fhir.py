@@ -85,7 +85,8 @@ def _body(report: DraftReport, source: Dataset | None, model: ModelInfo) -> dict
     study_uid = str(source.get("StudyInstanceUID", "")) if source is not None else ""
     body: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"llavarad:{study_uid or findings}:{model.identity}")),
+        # one draft per study and model: the same id again (a PUT replaces it); no study: a fresh id
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"llavarad:{study_uid}:{model.identity}") if study_uid else uuid.uuid4()),
         "meta": {"security": [_AIAST]},
         "text": {"status": "generated", "div": _narrative(report, model)},
         "contained": [_device(model), _observation(findings, issued)],
