@@ -55,7 +55,7 @@ def _plain_labeler() -> RuleLabeler:
     lab = RuleLabeler()
     classes: dict[tuple[str, str, bool], list[str]] = {}
     for cue in rules.CUES:
-        if cue.tag == "alternative" and lab.config.alternatives == "positive":
+        if not lab.config.uses(cue):
             continue
         classes.setdefault((cue.kind, cue.direction, cue.short), []).append(cue.pattern)
     table = [(obs, list(f), False) for obs, f in phrases.MENTIONS.items()]

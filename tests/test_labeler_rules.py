@@ -68,7 +68,6 @@ def test_output_has_the_14_observations_in_order(lab: RuleLabeler) -> None:
         ("No new consolidation.", "Consolidation", UNCERTAIN),
         ("Opacity may represent atelectasis.", "Atelectasis", UNCERTAIN),
         ("Possible early pneumonia.", "Pneumonia", UNCERTAIN),
-        ("Atelectasis versus pneumonia in the left base.", "Pneumonia", UNCERTAIN),
         ("Heart size is normal.", "Cardiomegaly", NEGATIVE),
         ("Normal heart size.", "Cardiomegaly", NEGATIVE),
         ("The heart is not enlarged.", "Cardiomegaly", NEGATIVE),
@@ -113,6 +112,9 @@ def test_alternatives_setting() -> None:
     strict = get_labeler("rules", alternatives="uncertain")
     assert strict.label([text])[0]["Atelectasis"] == UNCERTAIN
     assert strict.settings["alternatives"] == "uncertain"
+    versus = "Atelectasis versus pneumonia in the left base."  # "versus" offers alternatives too
+    assert get_labeler("rules").label([versus])[0]["Pneumonia"] == POSITIVE
+    assert strict.label([versus])[0]["Pneumonia"] == UNCERTAIN
     with pytest.raises(ValueError, match="alternatives='maybe'"):
         RuleLabelerConfig(alternatives="maybe")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="options are: alternatives"):
@@ -182,16 +184,16 @@ def test_phrase_index_rejects_unindexable_phrases() -> None:
 
 @needs_openi
 def test_openi_positive_mention_f1() -> None:
-    """Findings + impression, uncertain counted as negative: micro-F1 >= 0.89 (0.906 / 0.911 measured)."""
+    """Findings + impression, uncertain counted as negative: micro-F1 >= 0.92 (0.931 / 0.922 measured)."""
     from llavarad.evaluate.rule_labeler.validation import load_openi, positive_mention_f1
 
     uids, texts, gold = load_openi(OPENI)
     assert len(uids) == 3080
     labels = get_labeler("rules").label(texts)
     scores = positive_mention_f1(labels, gold)
-    assert scores["micro_8"]["f1"] >= 0.89, scores["micro_8"]
-    assert scores["micro_9"]["f1"] >= 0.89, scores["micro_9"]
+    assert scores["micro_8"]["f1"] >= 0.92, scores["micro_8"]
+    assert scores["micro_9"]["f1"] >= 0.91, scores["micro_9"]
     for obs in ("Atelectasis", "Cardiomegaly", "Pleural Effusion", "No Finding"):
         assert scores[obs]["f1"] >= 0.87, (obs, scores[obs])
     strict = positive_mention_f1(get_labeler("rules", alternatives="uncertain").label(texts), gold)
-    assert strict["micro_8"]["f1"] >= 0.84, strict["micro_8"]
+    assert strict["micro_8"]["f1"] >= 0.85, strict["micro_8"]

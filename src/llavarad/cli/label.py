@@ -26,6 +26,8 @@ def register(group: click.Group) -> None:
                   help="Output CSV (default: FILE's name + '.labels.csv').")
     @click.option("--alternatives", type=click.Choice(["positive", "uncertain"]), default="positive",
                   show_default=True, help="rules: read 'A or B' findings as stated, or as uncertain (CheXpert).")
+    @click.option("--probable", type=click.Choice(["positive", "uncertain"]), default="positive",
+                  show_default=True, help="rules: read 'probable X' as stated, or as uncertain (CheXpert).")
     @click.option("--chexbert-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="chexbert: local chexbert.pth (or $LLAVARAD_CHEXBERT_WEIGHTS).")
     @click.option("--chexbert-tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -33,7 +35,7 @@ def register(group: click.Group) -> None:
     @click.option("--device", default="cpu", show_default=True, help="chexbert: torch device.")
     @click.pass_context
     def label_cmd(ctx: click.Context, file: Path, text_column: str | None, labeler_name: str, out: Path | None,
-                  alternatives: str, chexbert_weights: Path | None, chexbert_tokenizer: Path | None,
+                  alternatives: str, probable: str, chexbert_weights: Path | None, chexbert_tokenizer: Path | None,
                   device: str) -> None:
         """Label the reports of FILE (CSV or JSONL) with the 14 CheXpert observations.
 
@@ -57,7 +59,7 @@ def register(group: click.Group) -> None:
         out = check_output(out or file.with_name(file.stem + ".labels.csv"), [file])
         column, rows = read_reports(file, text_column)
         if labeler_name == "rules":
-            labeler = get_labeler("rules", alternatives=alternatives)
+            labeler = get_labeler("rules", alternatives=alternatives, probable=probable)
         else:
             labeler = get_labeler("chexbert", weights=chexbert_weights, tokenizer=chexbert_tokenizer, device=device)
         texts = [r.text if r.text is not None else "" for r in rows]

@@ -78,14 +78,14 @@ class LabelerUnavailable(LlavaradError, RuntimeError):
 def get_labeler(name: str = "rules", **options: Any) -> Labeler:
     """Build the labeler ``name`` (one of :data:`LABELER_NAMES`).
 
-    Options: ``rules`` takes :class:`RuleLabelerConfig` fields (``alternatives``); ``chexbert``
+    Options: ``rules`` takes :class:`RuleLabelerConfig` fields (``alternatives``, ``probable``); ``chexbert``
     takes ``weights``, ``tokenizer``, ``device`` and ``batch_size`` (see :class:`ChexbertLabeler`).
     """
     if name == "rules":
         try:
             return RuleLabeler(RuleLabelerConfig(**options))
         except TypeError as exc:
-            raise ValueError(f"labeler 'rules': {exc}; its options are: alternatives") from exc
+            raise ValueError(f"labeler 'rules': {exc}; its options are: alternatives, probable") from exc
     if name == "chexbert":
         return ChexbertLabeler(**options)
     raise ValueError(f"unknown labeler {name!r}: use one of {', '.join(LABELER_NAMES)}")

@@ -54,14 +54,28 @@ class RuleLabelerConfig:
         alternatives: how to read findings offered as alternatives joined by "or" ("scarring or
             atelectasis"). ``"positive"`` (default, as NegBio and the Open-I gold standard read
             them): each is labeled as stated. ``"uncertain"`` (the CheXpert labeler's rule): each
-            becomes uncertain. "A versus B" is uncertain either way.
+            becomes uncertain. "A versus B" is read the same way.
+        probable: how to read findings called probable ("probable small effusion").
+            ``"positive"`` (default, as the Open-I gold standard reads them, and as "likely" is
+            read either way): as stated. ``"uncertain"`` (the CheXpert labeler's rule): uncertain.
     """
 
     alternatives: Literal["positive", "uncertain"] = "positive"
+    probable: Literal["positive", "uncertain"] = "positive"
 
     def __post_init__(self) -> None:
-        if self.alternatives not in ("positive", "uncertain"):
-            raise ValueError(f"alternatives={self.alternatives!r}: use 'positive' or 'uncertain'")
+        for name in ("alternatives", "probable"):
+            value = getattr(self, name)
+            if value not in ("positive", "uncertain"):
+                raise ValueError(f"{name}={value!r}: use 'positive' or 'uncertain'")
+
+    def uses(self, cue: _rules.Cue) -> bool:
+        """Whether ``cue`` is active under these settings (tagged cues apply only when "uncertain")."""
+        if cue.tag == "alternative":
+            return self.alternatives == "uncertain"
+        if cue.tag == "probable":
+            return self.probable == "uncertain"
+        return True
 
 
 class Mention(NamedTuple):
@@ -107,7 +121,7 @@ class RuleLabeler:
         # negation, "clear of" a forward one); matches within one label never overlap.
         classes: dict[tuple[str, str, bool], list[str]] = {}
         for cue in _rules.CUES:
-            if cue.tag == "alternative" and self.config.alternatives == "positive":
+            if not self.config.uses(cue):
                 continue
             classes.setdefault((cue.kind, cue.direction, cue.short), []).append(cue.pattern)
         table: list[tuple[str, Iterable[str]]] = list(_phrases.MENTIONS.items())
@@ -209,6 +223,8 @@ class RuleLabeler:
                     cues.append(_CueHit(start, end, kind, direction, short))
         if not hits:
             return ()
+        # a clause break acts before a cue that starts at the same word ("otherwise negative for")
+        cues.sort(key=lambda h: (h.start, h.kind != "break"))
         if pseudo:  # words of "no change" cannot act as a negation
             cues = [h for h in cues if h.kind == "break" or not any(ps <= h.start < pe for ps, pe in pseudo)]
         observations = self._observations

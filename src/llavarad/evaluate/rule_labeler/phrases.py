@@ -119,6 +119,7 @@ UNMENTIONS: dict[str, tuple[str, ...]] = {
     ),
     "Lung Opacity": ("pleural scar",),
     "Pleural Effusion": ("pericardial effusion", "joint effusion"),
+    "Edema": ("(?:soft[ -]tissue|subcutaneous|chest wall|extremity|facial|periorbital|scrotal) edema",),
     "Pneumonia": (
         "granulomatous (?:\\w+ )?infect", "(?:prior|old|previous|remote|healed|past) (?:\\w+ ){0,2}infect",
         "(?:tuberculo\\w*|histoplasm\\w*|fungal|mycobacteri\\w*) infect",

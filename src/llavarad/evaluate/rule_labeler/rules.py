@@ -28,7 +28,8 @@ from typing import NamedTuple
 class Cue(NamedTuple):
     """One cue: ``kind`` in preneg/neg/unc/pseudo/break, ``direction`` fwd/bwd/both/-, ``short`` reach.
 
-    ``tag`` names cues that a setting can switch off ("alternative": "A or B").
+    ``tag`` names cues that only a setting turns on (see ``RuleLabelerConfig``): "alternative"
+    ("A or B", "A versus B") and "probable" ("probable effusion").
     """
 
     kind: str
@@ -45,6 +46,8 @@ SHORT_FWD_REACH = 4
 SHORT_BWD_REACH = 10
 
 _BE = "(?:is|are|was|were|be|been|has been|have been|had been|remains?|appears?|seems?|now)"
+# a hedge followed by a cause hedges the cause, not what precedes: "effusion, possibly from pleuritis"
+_NOT_CAUSE = "(?! (?:due to|secondary to|related to|from|caused by|because of|attributable to))"
 _ADV = "(?:now |again |otherwise |currently |still |overall |grossly |essentially |likely |stable and |again |also )?"
 
 CUES: tuple[Cue, ...] = (
@@ -61,10 +64,12 @@ CUES: tuple[Cue, ...] = (
     Cue("preneg", "both", "(?:cannot|can not|can't|could not|not) (?:be )?(?:entirely |completely |totally |"
         "definitely |fully |reliably )?(?:exclude|excluded|rule out|ruled out)"),
     Cue("preneg", "fwd", "(?:difficult|unable|impossible|hard) to (?:entirely |completely )?(?:exclude|rule out)"),
+    Cue("preneg", "bwd", "(?:is |are )?(?:difficult|impossible|hard) to (?:entirely |completely )?(?:exclude|rule out)",
+        short=True),
     Cue("preneg", "fwd", "no evidence to (?:exclude|rule out)"),
     Cue("preneg", "fwd", "no new"),
-    Cue("preneg", "bwd", "(?:is|are) not (?:well |clearly |definitely |adequately |optimally )?"
-        "(?:seen|visualized|evaluated|assessed|appreciated)"),
+    Cue("preneg", "bwd", "(?:is|are) not (?:(?:well|clearly|definitely|adequately|optimally) "
+        "(?:seen|visualized|evaluated|assessed|appreciated)|evaluated|assessed)"),
     Cue("preneg", "fwd", "(?:poorly|incompletely|not well|not clearly|not adequately|not optimally) "
         "(?:seen|visualized|evaluated|assessed)"),
     # --- negation -----------------------------------------------------------------------------
@@ -93,6 +98,7 @@ CUES: tuple[Cue, ...] = (
     Cue("neg", "fwd", "(?:normal|unremarkable) (?:size|appearance|configuration|contours?|caliber|shape)"
         "(?:,? and (?:size|appearance|configuration|contours?|caliber|shape))? of"),
     Cue("neg", "fwd", "(?:clear|free) of"),
+    Cue("neg", "fwd", "(?:mimick?(?:ing|s|ed)?|simulat(?:ing|es|ed))"),
     Cue("neg", "bwd", f"(?:{_BE} )?(?:not|no longer) (?:seen|identified|present|demonstrated|"
         "visualized|evident|noted|detected|apparent|visible|appreciated|enlarged|dilated|"
         "widened|changed|increased|(?:significantly|definitely|markedly|substantially|grossly) enlarged)"),
@@ -101,19 +107,28 @@ CUES: tuple[Cue, ...] = (
         "at the upper limits? of normal|top normal|top-normal|upper normal|high normal|low normal|"
         "normal in size|normal size|negative|clear|within (?:the )?limits of normal|normal limits)\\b", short=True),
     Cue("neg", "bwd", "(?:has|have) (?:since )?(?:resolved|cleared)"),
+    Cue("neg", "bwd", "(?:none|no)(?=\\.?$)", short=True),
     # --- uncertainty --------------------------------------------------------------------------
-    Cue("unc", "fwd", "(?:possible|possibly|probable|probably|presumabl[ey]|presumed|questionable|"
+    Cue("unc", "fwd", "(?:possible|possibly|presumabl[ey]|presumed|questionable|"
         "question|suspect|suspected|suspicious|suspicion|equivocal|indeterminate|"
-        "concern|concerning|worrisome|differential|consider|considered|"
-        "may|might|could|would|suggestion of|versus|vs\\.?|less likely|unlikely|"
+        "concern|concerning|worrisome|differential|ddx|consider|considered|considerations?|"
+        "possibility of|doubt|doubtful|(?:cannot|can not|difficult to|unable to) (?:differentiate|distinguish)|"
+        "may|might|could|would|suggestion of|less likely|unlikely|"
         "either|correlat\\w*|clinical correlation|maybe|perhaps|obscur\\w*)"),
     Cue("unc", "both", "(?:or|and/or)", short=True, tag="alternative"),
-    Cue("unc", "bwd", f"(?:{_BE} )?(?:possible|possibly|probable|questionable|suspected|"
-        "less likely|unlikely|(?:can|could|may|might) (?:also )?(?:be|represent|have)|"
-        "versus|vs\\.?|obscur\\w*)\\b"),
+    Cue("unc", "bwd", f"(?:{_BE} )?(?:possible|possibly|questionable|suspected|"
+        "less likely|unlikely|(?:can|could|may|might) (?:also )?(?:be|represent|have)|doubted|doubtful|"
+        "(?:would|could|should|may|might) (?:also )?be (?:a )?consider(?:ed|ation)|(?:a )?(?:consideration|possibility)|"
+        f"obscur\\w*)\\b{_NOT_CAUSE}"),
+    Cue("unc", "both", "in the (?:appropriate |right |proper |correct )?clinical (?:setting|context)"),
+    Cue("unc", "fwd", "(?:probable|probably)", tag="probable"),
+    Cue("unc", "bwd", f"(?:{_BE} )?probabl[ey]\\b{_NOT_CAUSE}", tag="probable"),
+    Cue("unc", "both", "(?:versus|vs\\.?)", tag="alternative"),
     # --- clause boundaries --------------------------------------------------------------------
     Cue("break", "-", "(?:but|however|although|though|whereas|while|yet|except|"
         "aside from|apart from|other than|with the exception of|which|"
         "there (?:is|are|has been|have been|was|were))"),
+    # "atelectasis at the base, otherwise negative for ...", but not "lungs otherwise clear"
+    Cue("break", "-", "otherwise(?! (?:\\w+ )?(?:normal|unremarkable|clear|within))"),
     Cue("break", "-", "with", short=True),
 )
