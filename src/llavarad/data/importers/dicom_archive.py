@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -131,7 +130,8 @@ def output_paths(out: Path) -> dict[str, Path]:
     """The files written next to the manifest ``out``: problems, summary and the headers state."""
     stem = out.name.removesuffix(".jsonl")
     return {"manifest": out, "problems": out.with_name(stem + ".problems.jsonl"),
-            "summary": out.with_name(stem + ".summary.json"), "state": out.with_name(stem + ".headers.jsonl")}
+            "summary": out.with_name(stem + ".summary.json"), "state": out.with_name(stem + ".headers.jsonl"),
+            "workspace": out.with_name(f".{stem}.import.sqlite")}
 
 
 def import_dicom_archive(root: str | Path, reports: str | Path, out: str | Path,
@@ -152,8 +152,10 @@ def import_dicom_archive(root: str | Path, reports: str | Path, out: str | Path,
     paths = output_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = ImportSummary(paths={k: str(v) for k, v in paths.items()})
-    fd, db_name = tempfile.mkstemp(prefix=".llavarad-import-", suffix=".sqlite", dir=out.parent)
-    os.close(fd)
+    # the workspace lives beside the output (it can reach the archive's header size, too big for a
+    # small /tmp); a killed run's leftover is replaced
+    db_name = paths["workspace"]
+    db_name.unlink(missing_ok=True)
     db = sqlite3.connect(db_name)
     try:
         db.execute("PRAGMA journal_mode=OFF")
@@ -162,7 +164,7 @@ def import_dicom_archive(root: str | Path, reports: str | Path, out: str | Path,
         assemble(db, root, Path(reports), paths, cfg, summary, progress)
     finally:
         db.close()
-        Path(db_name).unlink(missing_ok=True)
+        db_name.unlink(missing_ok=True)
     _write_json(paths["summary"], {**summary.to_dict(), "root": str(root), "reports": str(reports),
                                    "config": _config_dict(cfg)})
     return summary
