@@ -18,7 +18,12 @@ from own_data_archive import make_own_data
 
 from llavarad.cli import main
 from llavarad.data.importers._dicom_headers import classify, iter_files, read_header
-from llavarad.data.importers.dicom_archive import DicomImportConfig, import_dicom_archive, output_paths, patient_split
+from llavarad.data.importers.dicom_archive import (
+    DicomImportConfig,
+    import_dicom_archive,
+    output_paths,
+    patient_split,
+)
 from llavarad.data.importers.report_sources import ReportColumns
 from llavarad.data.sections import split_sections
 from llavarad.io.manifest import read_jsonl, read_manifest
@@ -168,7 +173,7 @@ def test_kill_mid_import_then_rerun_equals_uninterrupted_run(shared_data, tmp_pa
     cmd = [str(Path(sys.executable).with_name("llavarad")), "data", "import", "dicom", str(own.plan.root), "--reports",
            str(own.reports), "--max-unreadable", "1", "--workers", "2"]
     ref = tmp_path / "ref" / "m.jsonl"
-    assert subprocess.run([*cmd, "--out", str(ref)], capture_output=True, timeout=120).returncode == 0
+    assert subprocess.run([*cmd, "--out", str(ref)], capture_output=True, timeout=120, check=False).returncode == 0
     out = tmp_path / "killed" / "m.jsonl"
     state = output_paths(out)["state"]
     for _attempt in range(5):
@@ -186,7 +191,7 @@ def test_kill_mid_import_then_rerun_equals_uninterrupted_run(shared_data, tmp_pa
         pytest.fail("could not kill the import while it was reading headers in 5 tries")
     assert not out.exists()
     done = _rows(state) - 1
-    rerun = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{own.plan.files - done:,} headers read now" in rerun.stdout
     for name in ("manifest", "problems"):
