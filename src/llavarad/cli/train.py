@@ -105,7 +105,8 @@ def register(group: click.Group) -> None:
     @click.option("--out", type=click.Path(path_type=Path), required=True, help="Merged model folder to write.")
     @click.option("--base", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
                   help="Base model folder (default: the one recorded in the adapter).")
-    def merge_lora_cmd(adapter: Path, out: Path, base: Path | None) -> None:
+    @click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
+    def merge_lora_cmd(adapter: Path, out: Path, base: Path | None, overwrite: bool) -> None:
         """Merge a stage-3 LoRA adapter into its base model, writing a plain model folder.
 
         \b
@@ -114,10 +115,7 @@ def register(group: click.Group) -> None:
         """
         from llavarad.train.lora import merge_lora
 
-        try:
-            merge_lora(adapter, out, base_model=base)
-        except (FileNotFoundError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
+        merge_lora(adapter, out, base_model=base, overwrite=overwrite)
         click.echo(f"merged model written to {out}")
 
     @group.command("demo")
