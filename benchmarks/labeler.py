@@ -11,7 +11,9 @@ regular expression per observation/cue class scanned over each sentence), which 
 word-start index replaces.
 
 Accuracy: micro- and per-class F1 of positive mentions on the 8 mapped findings (and with No
-Finding, 9), uncertain counted as negative and as positive, for both ``alternatives`` settings.
+Finding, 9), uncertain counted as negative and as positive, for both ``alternatives`` settings;
+the default setting also on the held-out fold of the dev part (``in_held_out_fold``, 618 reports
+kept out of rule writing) and on the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from llavarad.evaluate.labelers import get_labeler  # noqa: E402
 from llavarad.evaluate.rule_labeler import RuleLabeler  # noqa: E402
-from llavarad.evaluate.rule_labeler.validation import load_openi, positive_mention_f1  # noqa: E402
+from llavarad.evaluate.rule_labeler.validation import (  # noqa: E402
+    in_held_out_fold,
+    load_openi,
+    positive_mention_f1,
+)
 
 OPENI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reports" / "openi_dev"
 
@@ -112,10 +118,18 @@ def main(argv: list[str] | None = None) -> int:
             for obs, v in s.items():
                 print(f"  {obs:<18} {v['precision']:6.3f} {v['recall']:6.3f} {v['f1']:6.3f} {int(v['support']):5d}")
     head = results[("positive", False)]
+    default = get_labeler("rules").label(texts)
+    folds = {}
+    for name, held in (("rest", False), ("held_out", True)):
+        idx = [i for i, uid in enumerate(uids) if in_held_out_fold(uid) == held]
+        folds[name] = positive_mention_f1([default[i] for i in idx], {o: [v[i] for i in idx] for o, v in gold.items()})
+        print(f"\ndefault, {name} fold ({len(idx)} reports): micro-F1 8 {folds[name]['micro_8']['f1']:.3f}, "
+              f"9 {folds[name]['micro_9']['f1']:.3f}")
     print(f"RESULT labeler_reports_per_s {fast:.0f} reports/s goal=2000")
     print(f"RESULT labeler_speedup_vs_plain_regex {fast / plain:.2f} x goal=1")
-    print(f"RESULT labeler_openi_micro_f1_8 {head['micro_8']['f1']:.3f} F1 goal=0.90")
+    print(f"RESULT labeler_openi_micro_f1_8 {head['micro_8']['f1']:.3f} F1 goal=0.92")
     print(f"RESULT labeler_openi_micro_f1_9 {head['micro_9']['f1']:.3f} F1 goal=0.90")
+    print(f"RESULT labeler_openi_micro_f1_8_held_out_fold {folds['held_out']['micro_8']['f1']:.3f} F1 goal=0.92")
     return 0
 
 
