@@ -56,16 +56,17 @@ class LoraAdapter:
         r = int(self.a[module].shape[0])
         return self.alpha / (math.sqrt(r) if self.use_rslora else r)
 
-    def merge_into(self, module: str, weight, block_rows: int = 1024):
-        """``weight + scale * B @ A`` computed in float32, returned in ``weight``'s dtype; ``weight`` is
-        ``(out, in)``. Works through blocks of rows so the float32 temporaries stay small (16 MiB for a
-        4096-wide 7B layer) instead of a full float32 copy of each matrix."""
+    def merge_into(self, module: str, weight, block_rows: int = 1024, out_dtype=None):
+        """``weight + scale * B @ A`` computed in float32, returned in ``out_dtype`` (default: ``weight``'s
+        dtype); ``weight`` is ``(out, in)``. Rounding happens once, at the end, so asking float32 of a
+        float16 base keeps the float32 sum. Works through blocks of rows so the float32 temporaries stay
+        small (16 MiB for a 4096-wide 7B layer) instead of a full float32 copy of each matrix."""
         import torch
 
         a = self.a[module].float()
         b = self.b[module].float()
         scale = self.scale(module)
-        out = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        out = torch.empty(weight.shape, dtype=out_dtype or weight.dtype)
         for start in range(0, weight.shape[0], block_rows):
             stop = min(start + block_rows, weight.shape[0])
             block = weight[start:stop].to(torch.float32, copy=True)

@@ -23,6 +23,7 @@ from llavarad.model.tokenizer import add_image_token, build_tokenizer
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "INFERENCE_DTYPE",
     "META_FILE",
     "ModelBundle",
     "ModelFolderError",
@@ -38,6 +39,9 @@ __all__ = [
 
 META_FILE = "llavarad.json"
 FORMAT_VERSION = 1
+#: Key of ``llavarad.json`` naming the dtype ``--dtype auto`` uses on a GPU ("float16" for a
+#: converted release, as the release runs; absent for models trained here, which get bf16).
+INFERENCE_DTYPE = "inference_dtype"
 
 
 class ModelFolderError(LlavaradError, ValueError):
@@ -89,10 +93,12 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto", preferred: str | None = None):
     """Resolve ``device``/``dtype`` strings once; reject combinations that do not work.
 
-    ``auto`` picks CUDA when present, bf16 on GPUs that support it (else fp16), fp32 on CPU.
+    ``auto`` picks CUDA when present and fp32 on CPU. On a GPU it takes ``preferred`` (a folder's
+    recorded ``inference_dtype``: "float16" for a converted release, which runs in fp16) when given,
+    else bf16 where the GPU supports it (models trained here), else fp16.
     """
     import torch
 
@@ -102,11 +108,17 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):
         raise ValueError(f"device {device!r} requested but CUDA is not available: use --device cpu")
     choices = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                "float16": torch.float16, "fp16": torch.float16}
+    if preferred is not None and preferred not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"recorded inference dtype {preferred!r} is not one of float16, bfloat16, float32")
     if dtype == "auto":
-        if device.startswith("cuda"):
-            torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
+        if not device.startswith("cuda"):
             torch_dtype = torch.float32
+        elif preferred == "float16" or (preferred is None and not torch.cuda.is_bf16_supported()):
+            torch_dtype = torch.float16
+        elif preferred == "float32":
+            torch_dtype = torch.float32
+        else:
+            torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     elif dtype in choices:
         torch_dtype = choices[dtype]
     else:
@@ -285,7 +297,7 @@ def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "aut
         raise ModelFolderError(f"{model_dir} has no *.safetensors weights")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     preset = ModelPreset.from_dict(meta["preset"], str(meta_path))
-    torch_device, torch_dtype = resolve_device_dtype(device, dtype)
+    torch_device, torch_dtype = resolve_device_dtype(device, dtype, meta.get(INFERENCE_DTYPE))
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

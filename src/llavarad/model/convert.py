@@ -337,7 +337,9 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
         module = name.removesuffix(".weight")
         if module in pending and not keep_lora:
             _check_lora_shape(adapter, module, tensor)
-            tensor = adapter.merge_into(module, tensor)
+            # merged in float32 and stored in the dtype asked for: with --dtype float32 the merged
+            # weights are not first rounded to the base's float16
+            tensor = adapter.merge_into(module, tensor, out_dtype=torch_dtype)
             pending.discard(module)
         elif module in pending:
             _check_lora_shape(adapter, module, tensor)
@@ -369,7 +371,10 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
                            vocab_size=new_vocab, image_token_id=image_token_id)
     # LLaVA's "pad" pads to a square before resizing; anything else is the shortest-side crop.
     aspect = "pad" if release_cfg.get("image_aspect_ratio") == "pad" else "crop"
+    # The release runs inference in float16 (llava/model/builder.py loads with torch_dtype float16, the
+    # eval script feeds .half() images), so `--dtype auto` on a GPU loads this folder in float16.
     meta = make_meta(merged_preset, tokenizer, "v1", image_token_id, image_aspect_ratio=aspect,
+                      inference_dtype="float16",
                       init={"kind": "convert", "release": str(Path(release_dir)), "base": str(base),
                             "release_config": release_cfg, "report": report.to_dict()})
     bundle = ModelBundle(model, tokenizer, build_image_processor(merged_preset.image_size), merged_preset, meta)
