@@ -102,6 +102,10 @@ def test_uncertainty_cues(lab: RuleLabeler, text: str, obs: str, value: float) -
          "Atelectasis", POSITIVE),
         ("Mediastinum otherwise normal.", "Enlarged Cardiomediastinum", NEGATIVE),
         ("Mild cardiomegaly, lungs are otherwise clear.", "Cardiomegaly", POSITIVE),
+        # a negated item closed by its verb ends the negation ("no X seen, Y ...")
+        ("No definite effusion seen, dense nodule in the left lung suggests old granulomas.", "Lung Lesion", POSITIVE),
+        ("Left midlung opacity noted, not visualized on the prior study.", "Lung Opacity", POSITIVE),
+        ("No effusion or pneumothorax is seen.", "Pneumothorax", NEGATIVE),
         # "is not seen" is a negation; only "not well seen" leaves it open (probed phrasings)
         ("Pneumothoraces are not seen.", "Pneumothorax", NEGATIVE),
         ("A pleural effusion is not seen.", "Pleural Effusion", NEGATIVE),

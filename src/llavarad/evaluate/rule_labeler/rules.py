@@ -130,5 +130,7 @@ CUES: tuple[Cue, ...] = (
         "there (?:is|are|has been|have been|was|were))"),
     # "atelectasis at the base, otherwise negative for ...", but not "lungs otherwise clear"
     Cue("break", "-", "otherwise(?! (?:\\w+ )?(?:normal|unremarkable|clear|within))"),
+    # "no effusion seen, dense nodule ...": a negated item closed by its verb ends the negation
+    Cue("break", "-", "(?:seen|identified|noted|demonstrated|visualized|detected|present)(?=,)"),
     Cue("break", "-", "with", short=True),
 )
