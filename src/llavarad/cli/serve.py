@@ -18,6 +18,8 @@ import click
 @click.option("--max-queue", default=64, show_default=True, type=int, help="Waiting requests before 503.")
 @click.option("--timeout", "request_timeout_s", default=120.0, show_default=True, type=float,
               help="Per-request deadline in seconds (504 past it).")
+@click.option("--upload-timeout", "upload_timeout_s", default=30.0, show_default=True, type=float,
+              help="Seconds a request body may take to arrive (408 past it).")
 @click.option("--api-key-file", type=click.Path(path_type=Path), default=None,
               help="Bearer keys, one per line; required to bind a non-loopback address.")
 @click.option("--max-upload-mb", default=64.0, show_default=True, type=float, help="Upload cap, enforced while reading.")
@@ -29,7 +31,7 @@ import click
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 def serve_cmd(model_dir: Path, host: str, port: int, max_batch_size: int, max_wait_ms: float, max_queue: int,
-              request_timeout_s: float, api_key_file: Path | None, max_upload_mb: float, max_pixels: int,
+              request_timeout_s: float, upload_timeout_s: float, api_key_file: Path | None, max_upload_mb: float, max_pixels: int,
               max_indication_tokens: int, max_new_tokens: int, cors_origins: tuple[str, ...], model_id: str | None,
               device: str, dtype: str) -> None:
     """Serve report drafts over HTTP on this machine: JSON API, OpenAI-compatible chat, web page.
@@ -43,7 +45,7 @@ def serve_cmd(model_dir: Path, host: str, port: int, max_batch_size: int, max_wa
 
     try:
         config = ServeConfig(host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                             max_queue=max_queue, request_timeout_s=request_timeout_s,
+                             max_queue=max_queue, request_timeout_s=request_timeout_s, upload_timeout_s=upload_timeout_s,
                              api_key_file=str(api_key_file) if api_key_file else None,
                              max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
                              max_indication_tokens=max_indication_tokens, max_new_tokens=max_new_tokens,

@@ -25,8 +25,15 @@ if TYPE_CHECKING:
 
     from llavarad.io.images import CxrImage
 
-__all__ = ["FormData", "check_bearer", "decode_data_uri", "parse_multipart", "read_body", "read_image",
-           "check_indication"]
+__all__ = [
+    "FormData",
+    "check_bearer",
+    "check_indication",
+    "decode_data_uri",
+    "parse_multipart",
+    "read_body",
+    "read_image",
+]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DATA_URI = re.compile(r"^data:([\w.+/-]*)((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,", re.IGNORECASE)

@@ -67,8 +67,8 @@ async def _parse(request: Request, svc: Any, t0: float) -> ChatRequest:
     body = await svc.read_body(request, t0)
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, "invalid_json", "the body is not valid UTF-8 JSON") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", "the body is not valid UTF-8 JSON (or nested too deeply)") from exc
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
     try:

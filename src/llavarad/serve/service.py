@@ -15,7 +15,13 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from llavarad.serve.limits import check_bearer, check_indication, parse_multipart, read_body, read_image
+from llavarad.serve.limits import (
+    check_bearer,
+    check_indication,
+    parse_multipart,
+    read_body,
+    read_image,
+)
 from llavarad.serve.schemas import ApiError
 from llavarad.serve.worker import BatchingWorker, Job, QueueFull
 
@@ -119,7 +125,7 @@ class DraftService:
                 self._last_batch_s = job.finished - job.started
             try:
                 return future.result(), job
-            except Exception as exc:  # noqa: BLE001 - a genuine model failure: 500, logged without content
+            except Exception as exc:
                 logger.error("generation failed for a request: %s", type(exc).__name__)
                 raise ApiError(500, "generation_failed", "the model failed on this image; the server stays up") from exc
         self.worker.cancel(job)

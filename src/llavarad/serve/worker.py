@@ -183,7 +183,7 @@ class BatchingWorker:
                 continue
             try:
                 self._process(live)
-            except Exception:  # noqa: BLE001 - keep the worker alive; each job already got its error
+            except Exception:
                 logger.exception("inference worker: unexpected failure")
 
     def _process(self, jobs: list[Job]) -> None:
