@@ -20,7 +20,7 @@ __all__ = ["cli", "main"]
 
 #: Modules under llavarad.cli, each with ``register(group: click.Group) -> None``.
 _PARTS = ("model", "data", "phantom", "train", "label", "evaluate", "chexprompt", "analysis", "explain", "serve",
-          "own_data", "pacs")
+          "own_data", "pacs", "compare")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
