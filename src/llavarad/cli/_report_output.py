@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llavarad.report_formats import DraftReport, ModelInfo, ReportFormatError, read_source_header
+from llavarad.report_formats import (
+    DraftReport,
+    ModelInfo,
+    ReportFormatError,
+    read_source_header,
+)
 
 
 def model_info(model_dir: Path, settings, bundle) -> ModelInfo:

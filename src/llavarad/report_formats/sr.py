@@ -61,13 +61,20 @@ def series_description(model: ModelInfo) -> str:
 
 
 def sr_uids(study_uid: str, source_sop_uid: str, model: ModelInfo) -> tuple[str, str, str]:
-    """Deterministic ``(series_uid, sop_instance_uid, device_uid)`` for a draft of ``study_uid``."""
-    from pydicom.uid import generate_uid
+    """Deterministic ``(series_uid, sop_instance_uid, device_uid)`` for a draft of ``study_uid``.
 
-    series = generate_uid(prefix=None, entropy_srcs=["llavarad-sr-series", study_uid, model.identity])
-    sop = generate_uid(prefix=None, entropy_srcs=["llavarad-sr", study_uid, source_sop_uid, model.identity])
-    device = generate_uid(prefix=None, entropy_srcs=["llavarad-device", model.identity])
-    return str(series), str(sop), str(device)
+    UUID-derived UIDs (``2.25.<uuid5 as integer>``, ISO/IEC 9834-8): no registered root needed, and
+    the same study and model always give the same UIDs (pydicom's ``generate_uid(prefix=None)`` would
+    ignore its entropy sources and draw a random UUID).
+    """
+    import uuid
+
+    def uid(*parts: str) -> str:
+        return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, '|'.join(parts)).int}"
+
+    return (uid("llavarad-sr-series", study_uid, model.identity),
+            uid("llavarad-sr", study_uid, source_sop_uid, model.identity),
+            uid("llavarad-device", model.identity))
 
 
 def to_sr(report: DraftReport, source: Dataset | Sequence[Dataset], model: ModelInfo) -> Dataset:
