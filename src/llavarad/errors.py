@@ -11,7 +11,7 @@ This module imports nothing from the package, so every layer (io, model, data, t
 
 from __future__ import annotations
 
-__all__ = ["LlavaradError", "InputError", "OutputError", "NonFiniteError"]
+__all__ = ["InputError", "LlavaradError", "NonFiniteError", "OutputError", "SettingError"]
 
 
 class LlavaradError(Exception):
@@ -28,3 +28,7 @@ class OutputError(LlavaradError, ValueError):
 
 class NonFiniteError(LlavaradError, ValueError):
     """A NaN or infinity where a finite number is required (a config value, a loss, a weight)."""
+
+
+class SettingError(LlavaradError, ValueError):
+    """A setting or argument whose value cannot work (``--device banana``, a dtype the device lacks)."""

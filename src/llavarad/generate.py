@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from llavarad.io.manifest import JsonlWriter, read_jsonl, resolve_image_path
+from llavarad.errors import SettingError
+from llavarad.io.manifest import JsonlWriter, resolve_image_path
 from llavarad.model.processor import pixel_values_for, tokenize_prompt
 from llavarad.prompts.model import build_prompt
 
@@ -32,7 +33,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "GenerationSettings",
     "GenerationSummary",
+    "IndicationTooLongError",
     "ReportGenerator",
+    "cap_indication",
     "generate_reports",
     "manifest_row_ids",
     "run_generation",
@@ -49,9 +52,17 @@ class GenerationSettings:
     prompt_format: str | None = None  # None: the model folder's own format
     num_beams: int = 1
     repetition_penalty: float = 1.0
+    #: Longest indication fed to the model, in tokens; a longer one is cut (and the cut recorded) or,
+    #: with ``long_indication="error"``, the row fails. Keeps one absurd row from stalling a batch.
+    max_indication_tokens: int = 512
+    long_indication: Literal["truncate", "error"] = "truncate"
 
     def __post_init__(self) -> None:
         problems = []
+        if self.max_indication_tokens < 1:
+            problems.append(f"max_indication_tokens={self.max_indication_tokens} must be >= 1")
+        if self.long_indication not in ("truncate", "error"):
+            problems.append(f"long_indication={self.long_indication!r} must be 'truncate' or 'error'")
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
         if self.batch_size < 1:
@@ -61,7 +72,44 @@ class GenerationSettings:
         if self.num_beams < 1:
             problems.append(f"num_beams={self.num_beams} must be >= 1")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingError("; ".join(problems))
+
+
+#: Characters kept before tokenizing a long indication: no vocabulary token is longer than this
+#: many characters, so the cut keeps at least ``max_indication_tokens`` tokens.
+_CHARS_PER_TOKEN_BOUND = 32
+
+
+def cap_indication(tokenizer: Any, text: str | None, settings: GenerationSettings) -> tuple[str | None, str | None]:
+    """``(indication, note)``: ``text`` cut to ``settings.max_indication_tokens`` tokens; ``note`` says so.
+
+    Raises :class:`IndicationTooLongError` instead when ``settings.long_indication == "error"``.
+    Tokenizing is bounded too: at most ``max_indication_tokens * 32`` characters are looked at.
+    """
+    limit = settings.max_indication_tokens
+    if text is None or len(text) <= limit:  # a token is at least one character
+        return text, None
+    head = text[: limit * _CHARS_PER_TOKEN_BOUND]
+    try:
+        offsets = tokenizer(head, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, KeyError, TypeError):  # a slow tokenizer has no offsets: count ids instead
+        ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        offsets = None
+    n_tokens = len(offsets) if offsets is not None else len(ids)
+    if n_tokens <= limit and len(head) == len(text):
+        return text, None
+    if settings.long_indication == "error":
+        raise IndicationTooLongError(f"indication longer than max_indication_tokens={limit} tokens "
+                                     f"({len(text):,} characters); shorten it or raise the limit")
+    if offsets is None:
+        cut_text = tokenizer.decode(ids[:limit], skip_special_tokens=True)
+    else:
+        cut_text = text[: offsets[limit - 1][1] if n_tokens > limit else len(head)]
+    return cut_text, f"indication cut to {limit} tokens (from {len(text):,} characters)"
+
+
+class IndicationTooLongError(SettingError):
+    """An indication over ``max_indication_tokens`` with ``long_indication="error"``."""
 
 
 def _encode_prompts(bundle: ModelBundle, indications: Sequence[str | None], fmt: str) -> list[list[int]]:
@@ -119,6 +167,11 @@ def generate_reports(bundle: ModelBundle, images: Sequence[Image.Image], indicat
         indications = [None] * len(images)
     if len(indications) != len(images):
         raise ValueError(f"got {len(images)} images but {len(indications)} indications")
+    capped = [cap_indication(bundle.tokenizer, ind, settings) for ind in indications]
+    for _, note in capped:
+        if note:
+            logger.warning("%s", note)
+    indications = [ind for ind, _ in capped]
     results: list[str] = []
     for start in range(0, len(images), settings.batch_size):
         results.extend(_generate_batch(bundle, images[start:start + settings.batch_size],
@@ -200,7 +253,14 @@ class _Row:
 
 def _iter_rows(manifest: Path) -> Iterator[_Row | dict[str, Any]]:
     """Rows of an input manifest; malformed rows come back as error dicts instead of raising."""
-    for line, obj in read_jsonl(manifest):
+    from llavarad.io.text import check_regular_file, iter_jsonl
+
+    check_regular_file(manifest, "manifest")
+    for item in iter_jsonl(manifest):
+        line, obj = item.line, item.value
+        if item.error is not None:  # one bad line is one error record, never a stopped batch
+            yield {"id": f"line-{line}", "error": item.error}
+            continue
         if not isinstance(obj, dict):
             yield {"id": f"line-{line}", "error": f"{manifest}:{line}: expected a JSON object"}
             continue
@@ -316,10 +376,16 @@ def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: s
             except (ImageReadError, OSError) as exc:
                 record(row, None, str(exc))
                 continue
-            warning = None
+            try:
+                row.indication, note = cap_indication(bundle.tokenizer, row.indication, settings)
+            except IndicationTooLongError as exc:
+                record(row, None, f"{manifest}:{row.line}: {exc}")
+                continue
+            warning = note
             view = cxr.view or row.view
             if cxr.is_frontal is False or (view or "").upper() in _LATERAL_VIEWS:
-                warning = f"view {view!r} is not frontal; the model was trained on frontal (AP/PA) images"
+                lateral = f"view {view!r} is not frontal; the model was trained on frontal (AP/PA) images"
+                warning = f"{warning}; {lateral}" if warning else lateral
             pending.append((row, cxr.image, warning))
             if len(pending) >= settings.batch_size:
                 flush()

@@ -59,6 +59,8 @@ def init_cmd(out_dir: Path, preset: str | None, vision_dir: Path | None, lm_dir:
               help="Batch mode: predictions JSONL (resumed if it exists).")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--max-indication-tokens", default=512, show_default=True,
+              help="Longest indication fed to the model; a longer one is cut and the cut recorded in the row.")
 @click.option("--prompt-format", type=click.Choice(["plain", "v1"]), default=None,
               help="Override the folder's prompt format (v1 for fine-tuned models).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
@@ -73,7 +75,7 @@ def init_cmd(out_dir: Path, preset: str | None, vision_dir: Path | None, lm_dir:
 @click.pass_context
 def generate_cmd(ctx: click.Context, images: tuple[Path, ...], model_dir: Path, indication: str | None,
                  manifest: Path | None, out_path: Path | None, batch_size: int, max_new_tokens: int,
-                 prompt_format: str | None, device: str, dtype: str, no_resume: bool, as_json: bool,
+                 max_indication_tokens: int, prompt_format: str | None, device: str, dtype: str, no_resume: bool, as_json: bool,
                  out_format: str | None, out_dir: Path | None) -> None:
     """Write draft Findings for chest X-rays (PNG, JPEG or DICOM).
 
@@ -99,7 +101,12 @@ def generate_cmd(ctx: click.Context, images: tuple[Path, ...], model_dir: Path, 
     if out_format == "sr" and out_dir is None:
         raise click.UsageError("--format sr writes one DICOM file per image: give --out-dir DIR")
     try:
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, prompt_format=prompt_format)
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, prompt_format=prompt_format,
+                                      max_indication_tokens=max_indication_tokens)
+        if manifest is not None:
+            from llavarad.io.outputs import check_output
+
+            check_output(out_path, [manifest, model_dir])
         bundle = load_model(model_dir, device=device_for_rank(device, rank_info()), dtype=dtype)
     except (ModelFolderError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llavarad.errors import LlavaradError
+from llavarad.errors import LlavaradError, SettingError
 from llavarad.model.presets import ModelPreset, load_preset
 from llavarad.model.processor import build_image_processor, build_processor
 from llavarad.model.tokenizer import add_image_token, build_tokenizer
@@ -104,12 +104,16 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto", preferred: s
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise SettingError(f"device {device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from exc
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+        raise SettingError(f"device {device!r} requested but CUDA is not available: use --device cpu")
     choices = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                "float16": torch.float16, "fp16": torch.float16}
     if preferred is not None and preferred not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"recorded inference dtype {preferred!r} is not one of float16, bfloat16, float32")
+        raise SettingError(f"recorded inference dtype {preferred!r} is not one of float16, bfloat16, float32")
     if dtype == "auto":
         if not device.startswith("cuda"):
             torch_dtype = torch.float32
@@ -122,9 +126,9 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto", preferred: s
     elif dtype in choices:
         torch_dtype = choices[dtype]
     else:
-        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(choices)}")
+        raise SettingError(f"dtype {dtype!r} is not one of auto, {', '.join(choices)}")
     if device == "cpu" and torch_dtype == torch.float16:
-        raise ValueError("float16 on CPU is slow and unsupported by some kernels: use float32 or bfloat16 on CPU")
+        raise SettingError("float16 on CPU is slow and unsupported by some kernels: use float32 or bfloat16 on CPU")
     return torch.device(device), torch_dtype
 
 
