@@ -11,7 +11,7 @@ import pytest
 from llm_fake_server import Reply, ScriptedServer
 
 from llavarad.chexprompt import ChexpromptConfig, run_chexprompt, summarize
-from llavarad.chexprompt.judge import RESULTS_FILE, read_predictions, read_results
+from llavarad.chexprompt.judge import RESULTS_FILE, ChexpromptError, read_predictions, read_results
 from llavarad.cli import main
 from llavarad.llm import LLMClient, LLMConfig
 from llavarad.prompts.chexprompt import COUNT_COLUMNS, ERROR_TYPES
@@ -68,6 +68,8 @@ def preds(tmp_path):
 def make_responder(cand_index, bad: set[int] = frozenset()):
     def responder(body, i):
         cand = candidate_of(body)
+        if not cand.strip():  # an empty report is judged too: it omits everything
+            return Reply(answer(omitted_finding_significant=2))
         if cand == "y":
             return Reply(answer(wrong_severity_significant=2))
         k = cand_index[cand]
@@ -86,15 +88,16 @@ def fast_llm(srv, cache: Path | None, **kw) -> LLMConfig:
 def test_read_predictions_classifies_every_line(preds):
     path, _ = preds
     pairs, failed = read_predictions(path)
-    assert [p.id for p in pairs] == ["r0", "r1", "r2", "r3", "r4", "last"]
-    assert {f["id"]: f["error"].split(":")[0] for f in failed} == {"gen-failed": "input", "empty": "input", "line:8": "input"}
+    # an empty prediction is a report to judge (as `evaluate` scores it), not an unusable input
+    assert [p.id for p in pairs] == ["r0", "r1", "r2", "r3", "r4", "empty", "last"]
+    assert {f["id"]: f["error"].split(":")[0] for f in failed} == {"gen-failed": "input", "line:8": "input"}
     assert "not valid JSON" in failed[-1]["error"]
 
 
 def test_duplicate_ids_are_an_error(tmp_path):
     p = tmp_path / "p.jsonl"
     p.write_text('{"id": "a", "reference": "x", "prediction": "y"}\n{"id": "a", "reference": "x", "prediction": "z"}\n')
-    with pytest.raises(ValueError, match="duplicate id 'a'.*line 1"):
+    with pytest.raises(ChexpromptError, match="duplicate id 'a'.*line 1"):
         read_predictions(p)
 
 
@@ -109,15 +112,15 @@ def test_judge_counts_failures_and_aggregates(preds, tmp_path):
     assert rows["r0"]["error_free"] == 1.0 and rows["r3"]["significant_error_free"] == 1.0 and rows["r3"]["error_free"] == 0.0
     # the unparsable report is failed with both raw replies kept, never zero errors
     assert not rows["r4"]["ok"] and rows["r4"]["counts"] is None and len(rows["r4"]["raw_replies"][0]) == 2
-    assert result["n"] == 5 and result["n_inputs"] == 9 and result["n_failed"] == 4
-    assert {f["id"] for f in result["failed"]} == {"r4", "gen-failed", "empty", "line:8"}
-    totals = np.array([0, 3, 1, 1, 2])  # r0..r3 and "last"
+    assert result["n"] == 6 and result["n_inputs"] == 9 and result["n_failed"] == 3
+    assert {f["id"] for f in result["failed"]} == {"r4", "gen-failed", "line:8"}
+    totals = np.array([0, 3, 1, 1, 2, 2])  # r0..r3, "empty" and "last"
     m = result["metrics"]
     assert m["mean_total_errors"]["value"] == pytest.approx(totals.mean())
-    assert m["mean_significant_errors"]["value"] == pytest.approx(np.mean([0, 1, 1, 0, 2]))
-    assert m["share_error_free"]["value"] == pytest.approx(1 / 5)
-    assert m["share_significant_error_free"]["value"] == pytest.approx(2 / 5)
-    assert m["mean_wrong_severity_significant"]["value"] == pytest.approx(2 / 5)
+    assert m["mean_significant_errors"]["value"] == pytest.approx(np.mean([0, 1, 1, 0, 2, 2]))
+    assert m["share_error_free"]["value"] == pytest.approx(1 / 6)
+    assert m["share_significant_error_free"]["value"] == pytest.approx(2 / 6)
+    assert m["mean_wrong_severity_significant"]["value"] == pytest.approx(2 / 6)
     for v in m.values():
         assert v["ci_low"] <= v["value"] <= v["ci_high"]
     for ext in ("json", "csv", "md", "png"):
@@ -147,11 +150,11 @@ def test_resume_after_a_kill_and_rerun_from_cache(preds, tmp_path):
             run_chexprompt(path, out, cfg, on_row=killer)
         assert len(read_results(out / RESULTS_FILE)) == 2 and len(srv.requests) == 2
         result = run_chexprompt(path, out, cfg)
-        assert len(srv.requests) == 6  # only the 4 unjudged pairs were asked
-        assert result["n"] == 6 and result["n_failed"] == 3  # the three bad input lines
+        assert len(srv.requests) == 7  # only the 5 unjudged pairs were asked
+        assert result["n"] == 7 and result["n_failed"] == 2  # the two bad input lines
         # a fresh output folder sharing the cache costs no request at all
         again = run_chexprompt(path, tmp_path / "out2", cfg)
-        assert len(srv.requests) == 6 and again["usage"]["this_run"]["cache_hits"] == 6
+        assert len(srv.requests) == 7 and again["usage"]["this_run"]["cache_hits"] == 7
     assert again["metrics"] == result["metrics"]
 
 
@@ -160,11 +163,11 @@ def test_failed_rows_are_asked_again_on_rerun(preds, tmp_path):
     out = tmp_path / "out"
     with ScriptedServer(responder=make_responder(cand_index, bad={2})) as srv:
         cfg = ChexpromptConfig(llm=fast_llm(srv, None, max_parse_retries=0), bootstrap=20)
-        assert run_chexprompt(path, out, cfg)["n_failed"] == 4
+        assert run_chexprompt(path, out, cfg)["n_failed"] == 3
         srv.responder = make_responder(cand_index)
         n_before = len(srv.requests)
         result = run_chexprompt(path, out, cfg)
-    assert len(srv.requests) == n_before + 1 and result["n_failed"] == 3
+    assert len(srv.requests) == n_before + 1 and result["n_failed"] == 2
 
 
 def test_repeated_sampling_averages(tmp_path):
@@ -204,8 +207,8 @@ def test_cli_end_to_end(preds, tmp_path, capsys):
                 "--set", "llm.backoff_base_s=0.001"]
         code = main(argv)
     captured = capsys.readouterr()
-    assert code == 1  # three input lines could not be judged
-    assert "6 of 9 reports judged, 3 failed" in captured.out and "estimated cost" in captured.out
+    assert code == 1  # two input lines could not be judged
+    assert "7 of 9 reports judged, 2 failed" in captured.out and "estimated cost" in captured.out
     assert (out / "llm_cache.sqlite").exists() and (out / "chexprompt.png").exists()
 
 
@@ -230,7 +233,7 @@ def test_client_passed_in_is_used(preds, tmp_path):
         cfg = ChexpromptConfig(llm=fast_llm(srv, None), bootstrap=10)
         client = LLMClient(cfg.llm)
         run_chexprompt(path, tmp_path / "o", cfg, client=client)
-        assert client.stats.requests_sent == 6
+        assert client.stats.requests_sent == 7
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from llavarad.chexprompt.judge import ChexpromptConfig, JudgePair, judge_with_stats, pending_pairs, read_results
+from llavarad.chexprompt.judge import ChexpromptConfig, JudgePair, judge_with_stats, locked_output, pending_pairs, read_results
 from llavarad.chexprompt.run import package_versions
 from llavarad.config import config_to_dict
 from llavarad.evaluate.bootstrap import percentile_interval, resample_counts
@@ -281,10 +281,12 @@ def validate_rexval(directory: str | Path, out_dir: str | Path, cfg: ChexpromptC
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "chexprompt_results.jsonl"
     usable = [p for p in data.pairs if p.id not in set(data.empty_pairs)]
-    todo = pending_pairs(usable, cfg, results_path)
-    if on_start is not None:
-        on_start(len(data.pairs), len(todo))
-    stats = judge_with_stats(todo, cfg, results_path, client=client, on_row=on_row)
+    prompt = cfg.judge_prompt()
+    with locked_output(out):  # two runs on one folder would judge every pair twice
+        todo = pending_pairs(usable, cfg, results_path, prompt)
+        if on_start is not None:
+            on_start(len(data.pairs), len(todo))
+        stats = judge_with_stats(todo, cfg, results_path, client=client, on_row=on_row, prompt=prompt)
     judged = read_results(results_path)
     keep = [i for i, p in enumerate(data.pairs) if judged.get(p.id, {}).get("ok")]
     failed = [{"id": p.id, "error": "input: empty reference or candidate" if p.id in data.empty_pairs
@@ -318,7 +320,7 @@ def validate_rexval(directory: str | Path, out_dir: str | Path, cfg: ChexpromptC
         "metrics": metrics,
         "kendall": table,
         "leave_one_rater_out": loro,
-        "settings": {"rexval_dir": str(directory), "judge": cfg.judge_signature(), "n_samples": cfg.n_samples,
+        "settings": {"rexval_dir": str(directory), "judge": cfg.judge_signature(prompt), "prompt_source": prompt.provenance, "n_samples": cfg.n_samples,
                      "bootstrap": cfg.bootstrap, "seed": cfg.seed, "confidence": cfg.confidence,
                      "raters": data.raters, "missing_rater_rows_counted_as_zero": data.missing_rater_rows,
                      "similarity_metrics_negated": True, "metric_notes": notes, "llm": config_to_dict(cfg.llm)},

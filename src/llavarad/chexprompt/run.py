@@ -10,11 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from llavarad.chexprompt.aggregate import summarize, write_report_table, write_summary
-from llavarad.chexprompt.judge import RESULTS_FILE, ChexpromptConfig, judge_with_stats, pending_pairs, read_predictions, read_results
+from llavarad.chexprompt.judge import (
+    RESULTS_FILE,
+    ChexpromptConfig,
+    JudgePair,
+    JudgePrompt,
+    judge_with_stats,
+    locked_output,
+    pending_pairs,
+    read_predictions,
+    read_results,
+)
 from llavarad.config import config_to_dict
 from llavarad.io.manifest import JsonlWriter
 from llavarad.llm import LLMClient
-from llavarad.prompts.chexprompt import PROMPT_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +58,26 @@ def run_chexprompt(
 
     ``on_start(n_total, n_to_judge)`` is called once the work is known; ``on_row`` after each row.
     Returns the result dict written to ``chexprompt.json``; ``result["n_failed"] > 0`` means some
-    reports (listed in ``result["failed"]``) could not be judged.
+    reports (listed in ``result["failed"]``) could not be judged. Raises
+    :class:`llavarad.chexprompt.judge.ChexpromptError` for an empty input or a folder another run
+    holds, and :class:`llavarad.llm.FatalError` once for a bad key (rows judged before stay).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / RESULTS_FILE
     pairs, failed_inputs = read_predictions(predictions)
-    todo = pending_pairs(pairs, cfg, results_path)
+    prompt = cfg.judge_prompt()
+    with locked_output(out_dir):
+        return _judge_and_summarize(predictions, Path(out_dir), cfg, prompt, pairs, failed_inputs, client, on_start, on_row)
+
+
+def _judge_and_summarize(predictions: str | Path, out: Path, cfg: ChexpromptConfig, prompt: JudgePrompt,
+                         pairs: list[JudgePair], failed_inputs: list[dict[str, Any]], client: LLMClient | None,
+                         on_start: Callable[[int, int], None] | None,
+                         on_row: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """The body of :func:`run_chexprompt`, run while the output folder's lock is held."""
+    results_path = out / RESULTS_FILE
+    todo = pending_pairs(pairs, cfg, results_path, prompt)
     if on_start is not None:
         on_start(len(pairs) + len(failed_inputs), len(todo))
-    stats = judge_with_stats(todo, cfg, results_path, client=client, on_row=on_row)
+    stats = judge_with_stats(todo, cfg, results_path, client=client, on_row=on_row, prompt=prompt)
     # failed inputs are result rows too, so the results file accounts for every input line
     previous = read_results(results_path)
     with JsonlWriter(results_path, key="id", resume=True) as writer:
@@ -72,7 +91,7 @@ def run_chexprompt(
     write_report_table(out / "chexprompt_reports.csv", rows)
     ok_rows = [r for r in rows if r.get("ok")]
     failed = [{"id": r["id"], "error": r.get("error") or "unknown"} for r in rows if not r.get("ok")]
-    llm_settings = config_to_dict(cfg.llm)
+    llm_settings = config_to_dict(cfg.effective_llm(prompt))
     result: dict[str, Any] = {
         "n": len(ok_rows),
         "n_inputs": len(rows),
@@ -80,15 +99,19 @@ def run_chexprompt(
         "metrics": summarize(ok_rows, cfg.bootstrap, cfg.seed, cfg.confidence),
         "settings": {
             "predictions": str(predictions),
-            "judge": cfg.judge_signature(),
-            "prompt_version": PROMPT_VERSION,
+            "judge": cfg.judge_signature(prompt),
+            "prompt": prompt.name,
+            "prompt_version": prompt.version,
+            "prompt_source": prompt.provenance,
             "n_samples": cfg.n_samples,
             "bootstrap": cfg.bootstrap,
             "seed": cfg.seed,
             "confidence": cfg.confidence,
             "llm": llm_settings,
         },
-        "versions": package_versions("httpx", "numpy", *(("torch", "transformers") if cfg.llm.backend == "transformers" else ())),
+        "versions": package_versions("openai", "aiolimiter", "numpy",
+                                     *(("chexprompt",) if prompt.name == "release" else ()),
+                                     *(("torch", "transformers") if cfg.llm.backend == "transformers" else ())),
         "usage": {
             "this_run": stats,
             "total_tokens_recorded": {k: sum(int((r.get("usage") or {}).get(k, 0)) for r in rows)

@@ -24,7 +24,10 @@ def _judge_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
                      help="Output folder (results JSONL, tables, plot, LLM cache). Rerunning with the same folder resumes."),
         click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=str), default=None,
-                     help="YAML/JSON ChexpromptConfig (keys: llm.*, n_samples, sample_temperature, bootstrap, seed, confidence)."),
+                     help="YAML/JSON ChexpromptConfig (keys: llm.*, prompt, n_samples, sample_temperature, bootstrap, seed, confidence)."),
+        click.option("--prompt", type=click.Choice(["llavarad", "release"]), default=None,
+                     help="Judge prompt: llavarad (our wording, JSON answers) [default], or release: the paper's prompt, "
+                          "settings and reply format, read from Microsoft's installed chexprompt package."),
         click.option("--backend", type=click.Choice(_BACKENDS), default=None, help="Judge backend [config default: openai]."),
         click.option("--model", default=None, help="Model name sent to the server, e.g. gpt-4o, gpt-4-turbo, llama3.1:8b."),
         click.option("--base-url", default=None, help="Server URL: http://127.0.0.1:8000/v1 (vLLM), http://127.0.0.1:11434/v1 (Ollama), Azure endpoint."),
@@ -55,8 +58,18 @@ def _judge_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _config_sets_backend(config_path: str | None, overrides: tuple[str, ...]) -> bool:
-    if any(o.split("=", 1)[0].strip() == "llm.backend" for o in overrides):
+def _release_engine() -> str:
+    from llavarad.chexprompt.release import ReleasePromptError, load_release_prompt
+
+    try:
+        return str(load_release_prompt().settings["engine"])
+    except ReleasePromptError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _config_sets(config_path: str | None, overrides: tuple[str, ...], llm_key: str) -> bool:
+    """Whether --set or the --config file gives ``llm.<llm_key>``."""
+    if any(o.split("=", 1)[0].strip() == f"llm.{llm_key}" for o in overrides):
         return True
     if config_path is None:
         return False
@@ -66,7 +79,7 @@ def _config_sets_backend(config_path: str | None, overrides: tuple[str, ...]) ->
         data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return False  # load_config reports the problem
-    return isinstance(data, dict) and isinstance(data.get("llm"), dict) and "backend" in data["llm"]
+    return isinstance(data, dict) and isinstance(data.get("llm"), dict) and llm_key in data["llm"]
 
 
 def _build_config(out_dir: str, kw: dict[str, Any]):
@@ -80,16 +93,18 @@ def _build_config(out_dir: str, kw: dict[str, Any]):
         "rpm": "llm.requests_per_minute", "tpm": "llm.tokens_per_minute", "timeout": "llm.timeout_s",
         "max_retries": "llm.max_retries", "samples": "n_samples", "sample_temperature": "sample_temperature",
         "price_prompt": "llm.price_prompt_per_1k", "price_completion": "llm.price_completion_per_1k",
-        "bootstrap": "bootstrap", "seed": "seed",
+        "bootstrap": "bootstrap", "seed": "seed", "prompt": "prompt",
     }
     overrides = []
-    if kw["backend"] is None and not _config_sets_backend(kw["config_path"], kw["overrides"]):
+    if kw["backend"] is None and not _config_sets(kw["config_path"], kw["overrides"], "backend"):
         overrides.append("llm.backend=openai")  # the paper's judge: GPT-4 class models through OpenAI
     for opt, key in mapping.items():
         if kw.get(opt) is not None:
             # JSON-quote strings so YAML does not turn a model called "yes" or "1e3" into a bool/number
             value = kw[opt]
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    if kw["prompt"] == "release" and kw["model"] is None and not _config_sets(kw["config_path"], kw["overrides"], "model"):
+        overrides.append(f"llm.model={json.dumps(_release_engine())}")  # the paper's judge model, from the package
     cache = None if kw["no_cache"] else (kw["cache"] or str(Path(out_dir) / "llm_cache.sqlite"))
     overrides.append(f"llm.cache_path={json.dumps(cache) if cache else 'null'}")
     overrides.extend(kw["overrides"])
@@ -148,15 +163,20 @@ def chexprompt_cmd(ctx: click.Context, predictions: str, out_dir: str, **kw: Any
       llavarad chexprompt run/predictions.jsonl --out run/chexprompt --model gpt-4o
       llavarad chexprompt preds.jsonl --out cp --backend openai_compatible --base-url http://127.0.0.1:8000/v1 --model qwen2.5-72b
       llavarad chexprompt preds.jsonl --out cp --backend azure --base-url https://NAME.openai.azure.com --deployment gpt4t --api-key-env AZURE_OPENAI_API_KEY
+      llavarad chexprompt preds.jsonl --out cp_paper --prompt release --backend azure --base-url https://NAME.openai.azure.com --deployment gpt-4-1106-preview --api-key-env AZURE_OPENAI_API_KEY
     """
-    from llavarad.chexprompt import run_chexprompt
+    from llavarad.chexprompt import ChexpromptError, run_chexprompt
     from llavarad.chexprompt.aggregate import HEADLINE_METRICS, metric_label
-    from llavarad.llm import PermanentError
+    from llavarad.chexprompt.release import ReleasePromptError
+    from llavarad.llm import FatalError, PermanentError
 
     cfg = _build_config(out_dir, kw)
     try:
         result = _run_with_progress("judging", lambda **cb: run_chexprompt(predictions, out_dir, cfg, **cb))
-    except (FileNotFoundError, ValueError, PermanentError) as exc:
+    except FatalError as exc:
+        raise click.ClickException(f"stopped: {exc}. Reports judged before the stop are kept in {out_dir}; "
+                                   "rerun the same command to resume.") from exc
+    except (FileNotFoundError, ValueError, PermanentError, ChexpromptError, ReleasePromptError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"CheXprompt: {result['n']} of {result['n_inputs']} reports judged, {result['n_failed']} failed")
     for name in HEADLINE_METRICS:
@@ -198,7 +218,7 @@ def validate_rexval_cmd(ctx: click.Context, rexval_dir: str, out_dir: str, radgr
     try:
         result = _run_with_progress("judging ReXVal pairs",
                                     lambda **cb: validate_rexval(rexval_dir, out_dir, cfg, radgraph_weights=radgraph_weights, **cb))
-    except (FileNotFoundError, ValueError, RuntimeError, PermanentError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, PermanentError) as exc:  # ChexpromptError, ReleasePromptError: RuntimeError
         raise click.ClickException(str(exc)) from exc
     click.echo(f"ReXVal: {result['n']} of {result['n_pairs']} pairs judged")
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731

@@ -19,6 +19,7 @@ __all__ = [
     "COUNT_COLUMNS",
     "ERROR_TYPES",
     "EXAMPLES",
+    "MAX_COUNT",
     "PROMPT_VERSION",
     "SYSTEM_PROMPT",
     "build_messages",
@@ -27,6 +28,11 @@ __all__ = [
 ]
 
 PROMPT_VERSION = "chexprompt-v1"
+
+#: Largest count of one error type (significant or insignificant) accepted from a judge for one
+#: report; more is not a credible count of a chest X-ray report's errors (a reply claiming 10**30
+#: would swamp every mean and put the bootstrap interval beside the value).
+MAX_COUNT = 100
 
 #: (key, letter, definition) for the six error types, in the paper's order (a)-(f).
 ERROR_TYPES: tuple[tuple[str, str, str], ...] = (
@@ -136,6 +142,20 @@ def build_messages(reference: str, candidate: str) -> list[dict[str, str]]:
     return messages
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice in one object; give each count once")
+        seen[key] = value
+    return seen
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, float, list, dict)) or value is None else str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
 _FENCE = re.compile(r"^```(?:json|JSON)?\s*\n?(.*?)\n?```$", re.DOTALL)
 
 
@@ -144,8 +164,9 @@ def parse_answer(text: str) -> dict[str, int]:
     describing what is wrong otherwise.
 
     Strict: the reply must be one JSON object (optionally inside a single ```json fence) with
-    exactly the six type keys (plus an optional string ``notes``), each holding non-negative
-    integer ``significant`` and ``insignificant`` counts. Nothing is guessed or defaulted.
+    exactly the six type keys (plus an optional string ``notes``), each holding integer
+    ``significant`` and ``insignificant`` counts in ``[0, MAX_COUNT]``. A key given twice anywhere
+    in the reply is rejected (JSON would silently keep the last one). Nothing is guessed or defaulted.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty reply")
@@ -154,9 +175,11 @@ def parse_answer(text: str) -> dict[str, int]:
     if fenced:
         body = fenced.group(1).strip()
     try:
-        obj = json.loads(body)
+        obj = json.loads(body, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"the reply is not a single JSON object ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise ValueError("the reply is JSON nested too deeply to be an answer") from None
     if not isinstance(obj, dict):
         raise ValueError(f"the reply is JSON {type(obj).__name__}, not an object")
     extra = sorted(set(obj) - set(_TYPE_KEYS) - {"notes"})
@@ -173,7 +196,7 @@ def parse_answer(text: str) -> dict[str, int]:
             raise ValueError(f"{key} must be an object with exactly 'significant' and 'insignificant'")
         for kind in ("significant", "insignificant"):
             value = entry[kind]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{key}.{kind} must be a non-negative integer, got {json.dumps(value)[:20]}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+                raise ValueError(f"{key}.{kind} must be an integer in [0, {MAX_COUNT}], got {_shown(value)}")
             counts[f"{key}_{kind}"] = value
     return {c: counts[c] for c in COUNT_COLUMNS}
