@@ -40,11 +40,12 @@ def compare_markdown(result: dict[str, Any]) -> str:
     b, a = result["before"]["name"], result["after"]["name"]
     boot = result["settings"]["bootstrap"]
     conf = round(100 * boot["confidence"])
-    lines = [f"# {a} vs {b} ({result['n']} shared reports)", "",
-             f"Values x100 with {conf}% bootstrap intervals; the difference ({a} - {b}) is paired: both models on "
-             f"the same {boot['n_resamples']} resamples (seed {boot['seed']}). Headline: "
-             f"{'bootstrap median for F1 and ROUGE-L (the release convention)' if result['settings']['statistic'] == 'release' else 'the value on all shared reports'}. "
-             "p(not better) is the share of resamples where the difference is <= 0.", "",
+    headline = ("bootstrap median for F1 and ROUGE-L (the release convention)"
+                if result["settings"]["statistic"] == "release" else "the value on all shared reports")
+    caption = (f"Values x100 with {conf}% bootstrap intervals; the difference ({a} - {b}) is paired: both models on "
+               f"the same {boot['n_resamples']} resamples (seed {boot['seed']}). Headline: {headline}. "
+               "p(not better) is the share of resamples where the difference is <= 0.")
+    lines = [f"# {a} vs {b} ({result['n']} shared reports)", "", caption, "",
              f"| Metric | {b} | {a} | Difference | p(not better) | Verdict |", "|---|---|---|---|---|---|"]
     for key, m in result["metrics"].items():
         d = m["difference"]
@@ -56,9 +57,10 @@ def compare_markdown(result: dict[str, Any]) -> str:
         o = result["per_observation"]["negative"][obs]
         lines.append(f"| {obs} | {o['support']} | {_cell(o['before'])} | {_cell(o['after'])} | "
                      f"{_cell(o['difference'], sign=True)} | {_f(o['difference']['p_not_better'], 3)} |")
-    lines += ["", f"Rows: {b} {result['before']['n_rows']} ({result['before']['generation_errors']} generation "
-              f"errors), {a} {result['after']['n_rows']} ({result['after']['generation_errors']} generation errors); "
-              f"{len(result['problems'])} reports not scored in both (listed in compare.json)."]
+    rows = (f"Rows: {b} {result['before']['n_rows']} ({result['before']['generation_errors']} generation "
+            f"errors), {a} {result['after']['n_rows']} ({result['after']['generation_errors']} generation errors); "
+            f"{len(result['problems'])} reports not scored in both (listed in compare.json).")
+    lines += ["", rows]
     return "\n".join(lines) + "\n"
 
 
