@@ -11,7 +11,12 @@ import pytest
 from llm_fake_server import Reply, ScriptedServer
 
 from llavarad.chexprompt import ChexpromptConfig, run_chexprompt, summarize
-from llavarad.chexprompt.judge import RESULTS_FILE, ChexpromptError, read_predictions, read_results
+from llavarad.chexprompt.judge import (
+    RESULTS_FILE,
+    ChexpromptError,
+    read_predictions,
+    read_results,
+)
 from llavarad.cli import main
 from llavarad.llm import LLMClient, LLMConfig
 from llavarad.prompts.chexprompt import COUNT_COLUMNS, ERROR_TYPES

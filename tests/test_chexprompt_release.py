@@ -17,7 +17,11 @@ from llm_fake_server import Reply, ScriptedServer
 
 from llavarad.chexprompt import ChexpromptConfig, run_chexprompt
 from llavarad.chexprompt.judge import RESULTS_FILE, read_results
-from llavarad.chexprompt.release import ReleasePromptError, load_release_prompt, parse_release_reply
+from llavarad.chexprompt.release import (
+    ReleasePromptError,
+    load_release_prompt,
+    parse_release_reply,
+)
 from llavarad.cli import main
 from llavarad.llm import LLMConfig
 

@@ -34,7 +34,12 @@ from typing import Any, Literal
 
 from llavarad.io.manifest import JsonlWriter, read_jsonl
 from llavarad.llm import ChatRequest, ChatResult, LLMClient, LLMConfig
-from llavarad.prompts.chexprompt import COUNT_COLUMNS, PROMPT_VERSION, build_messages, parse_answer
+from llavarad.prompts.chexprompt import (
+    COUNT_COLUMNS,
+    PROMPT_VERSION,
+    build_messages,
+    parse_answer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +49,9 @@ __all__ = [
     "ChexpromptError",
     "JudgePair",
     "JudgePrompt",
-    "locked_output",
     "judge_pairs",
     "judge_with_stats",
+    "locked_output",
     "pending_pairs",
     "read_predictions",
     "read_results",

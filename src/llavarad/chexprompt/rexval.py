@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from llavarad.chexprompt.judge import ChexpromptConfig, JudgePair, judge_with_stats, locked_output, pending_pairs, read_results
+from llavarad.chexprompt.judge import (
+    ChexpromptConfig,
+    JudgePair,
+    judge_with_stats,
+    locked_output,
+    pending_pairs,
+    read_results,
+)
 from llavarad.chexprompt.run import package_versions
 from llavarad.config import config_to_dict
 from llavarad.evaluate.bootstrap import percentile_interval, resample_counts
@@ -339,8 +346,8 @@ def _write(out: Path, result: dict[str, Any]) -> None:
         w.writerow(["metric", "value", "ci_low", "ci_high"])
         for name, m in result["metrics"].items():
             w.writerow([name] + ["" if m[k] is None else f"{m[k]:.6g}" for k in ("value", "ci_low", "ci_high")])
-    f = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
-    g = lambda v: "n/a" if v is None else f"{v:.2g}"  # noqa: E731
+    f = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+    g = lambda v: "n/a" if v is None else f"{v:.2g}"
     lines = [f"# ReXVal: judge vs radiologists ({result['n']} of {result['n_pairs']} pairs judged)", "",
              "## Kendall's tau-b with the radiologists' mean error count", "",
              "(similarity metrics negated: higher = better agreement for every row)", "",

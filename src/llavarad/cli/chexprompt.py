@@ -116,7 +116,13 @@ def _build_config(out_dir: str, kw: dict[str, Any]):
 
 def _run_with_progress(label: str, work: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
@@ -221,7 +227,7 @@ def validate_rexval_cmd(ctx: click.Context, rexval_dir: str, out_dir: str, radgr
     except (FileNotFoundError, ValueError, RuntimeError, PermanentError) as exc:  # ChexpromptError, ReleasePromptError: RuntimeError
         raise click.ClickException(str(exc)) from exc
     click.echo(f"ReXVal: {result['n']} of {result['n_pairs']} pairs judged")
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     for row in result["kendall"]:
         click.echo(f"  tau-b {row['target']:<18} {row['method']:<12} {fmt(row['tau_b'], '+.3f')} "
                    f"[{fmt(row['ci_low'], '+.3f')}, {fmt(row['ci_high'], '+.3f')}]")
