@@ -7,7 +7,6 @@ and reason.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,51 +42,49 @@ def read_predictions(path: str | Path) -> PredictionSet:
     Raises:
         FileNotFoundError: the file does not exist.
     """
+    from llavarad.io.text import iter_jsonl
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file (the JSONL output of `llavarad generate`)")
     out = PredictionSet()
     seen: dict[str, int] = {}
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            out.n_rows += 1
-
-            def bad(reason: str, rid: str | None = None) -> None:
-                out.problems.append({"line": lineno, "id": rid, "error": f"{path}:{lineno}: {reason}"})
-
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                bad(f"not valid JSON ({exc.__class__.__name__}); fix or remove the line")
-                continue
-            if not isinstance(obj, dict):
-                bad(f"expected a JSON object, got {type(obj).__name__}")
-                continue
-            rid = obj.get("id")
-            if rid is None or isinstance(rid, bool) or not isinstance(rid, (str, int)) or str(rid).strip() == "":
-                bad(f"field 'id' is missing or not a string/integer ({rid!r})")
-                continue
-            rid = str(rid)
-            if rid in seen:
-                bad(f"duplicate id {rid!r} (first on line {seen[rid]}); only the first is scored", rid)
-                continue
-            seen[rid] = lineno
-            if out.model is None and isinstance(obj.get("model"), str):
-                out.model = obj["model"]
-            if out.generation_settings is None and isinstance(obj.get("settings"), dict):
-                out.generation_settings = obj["settings"]
-            if obj.get("error") not in (None, ""):
-                out.generation_errors.append({"line": lineno, "id": rid, "error": str(obj["error"])})
-                continue
-            ref, pred = obj.get("reference"), obj.get("prediction")
-            if not isinstance(ref, str) or not ref.strip():
-                bad(f"field 'reference' is {'empty' if isinstance(ref, str) else repr(ref)}: nothing to score against; "
-                    "give each row its reference report", rid)
-                continue
-            if not isinstance(pred, str):
-                bad(f"field 'prediction' is {pred!r}, not a string (use '' for an empty report)", rid)
-                continue
-            out.pairs.append(Pair(rid, ref, pred, lineno))
+    for item in iter_jsonl(path):  # BOM, lone surrogates, deep nesting, NUL: one line-numbered problem each
+        out.n_rows += 1
+        if item.error is not None:
+            out.problems.append({"line": item.line, "id": None, "error": item.error})
+        else:
+            _add_row(out, seen, path, item.line, item.value)
     return out
+
+
+def _add_row(out: PredictionSet, seen: dict[str, int], path: Path, lineno: int, obj: Any) -> None:
+    """Sort one decoded row into a pair, a generation error or a problem."""
+
+    def bad(reason: str, rid: str | None = None) -> None:
+        out.problems.append({"line": lineno, "id": rid, "error": f"{path}:{lineno}: {reason}"})
+
+    if not isinstance(obj, dict):
+        return bad(f"expected a JSON object, got {type(obj).__name__}")
+    rid = obj.get("id")
+    if rid is None or isinstance(rid, bool) or not isinstance(rid, (str, int)) or str(rid).strip() == "":
+        return bad(f"field 'id' is missing or not a string/integer ({rid!r})")
+    rid = str(rid)
+    if rid in seen:
+        return bad(f"duplicate id {rid!r} (first on line {seen[rid]}); only the first is scored", rid)
+    seen[rid] = lineno
+    if out.model is None and isinstance(obj.get("model"), str):
+        out.model = obj["model"]
+    if out.generation_settings is None and isinstance(obj.get("settings"), dict):
+        out.generation_settings = obj["settings"]
+    if obj.get("error") not in (None, "", False):  # "error": false is a success, as other tools write it
+        out.generation_errors.append({"line": lineno, "id": rid, "error": str(obj["error"])})
+        return None
+    ref, pred = obj.get("reference"), obj.get("prediction")
+    if not isinstance(ref, str) or not ref.strip():
+        return bad(f"field 'reference' is {'empty' if isinstance(ref, str) else repr(ref)}: nothing to score "
+                   "against; give each row its reference report", rid)
+    if not isinstance(pred, str):
+        return bad(f"field 'prediction' is {pred!r}, not a string (use '' for an empty report)", rid)
+    out.pairs.append(Pair(rid, ref, pred, lineno))
+    return None
