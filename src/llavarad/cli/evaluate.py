@@ -59,6 +59,9 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
     from llavarad.evaluate.radgraph import RadGraphUnavailable
     from llavarad.evaluate.run import TABLE_COLUMNS, EvaluateConfig, EvaluationError, evaluate
 
+    from llavarad.io.outputs import check_output
+
+    check_output(out_dir, [predictions], kind="dir", resumable=True)  # resumes its own caches there
     console = Console(stderr=True)
     try:
         config = EvaluateConfig(labeler=labeler, chexbert_weights=chexbert_weights, radgraph="auto" if radgraph is None else "on" if radgraph else "off",

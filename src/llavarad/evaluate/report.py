@@ -160,4 +160,6 @@ def write_outputs(result: dict[str, Any], out: Path, pairs: list[Pair], lex: Any
         [[pairs[mn.report].id, mn.sentence, "; ".join(mn.cues), "; ".join(mn.categories)] for mn in priors.mentions]))
     if plot:
         _plot(result, out / "per_observation_f1.png")
+    else:  # an old run's plot in the same folder would no longer match these numbers
+        (out / "per_observation_f1.png").unlink(missing_ok=True)
     _write_atomic(out / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
