@@ -1,7 +1,7 @@
 """Output safety shared by every verb that writes: never over an input, never into someone's folder.
 
 :func:`check_output` is called by each verb before it writes anything. It refuses an output that
-is one of the verb's inputs or a folder that contains an input (so ``merge-lora
+is one of the verb's inputs, however spelled (so ``merge-lora
 --out`` equal to ``--base`` or ``label --out`` equal to its input fail before a byte is written),
 and a non-empty output folder unless the user passed ``--overwrite``. :func:`atomic_write` writes
 a file through a temporary sibling that is renamed into place on success and removed on failure,
@@ -40,9 +40,8 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *,
         if item is None:
             continue
         source = _real(item)
-        if target == source or (kind == "dir" and target in source.parents):
-            relation = "is" if target == source else "contains"
-            raise OutputError(f"{flag} {out} {relation} the input {item}: writing there would destroy it; "
+        if target == source:  # also through symlinks and ./.. spellings: both are resolved
+            raise OutputError(f"{flag} {out} is the input {item}: writing there would destroy it; "
                               f"choose another {flag}")
     path = Path(out)
     if kind == "file" and path.is_dir():
