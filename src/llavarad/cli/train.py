@@ -33,6 +33,14 @@ def _print_summary(out: Path) -> None:
                    f"(excluded {s.get('excluded', 0)})")
 
 
+def _check_output_dir(cfg) -> None:
+    """A run may resume in its own output_dir, never write into its model or over a manifest."""
+    from llavarad.io.outputs import check_output
+
+    inputs = [getattr(cfg, name, None) for name in ("model", "train_manifest", "val_manifest", "manifest")]
+    check_output(cfg.output_dir, inputs, kind="dir", resumable=True, flag="output_dir")
+
+
 def _run_stage(stage: str, config: Path, overrides: tuple[str, ...]) -> Path:
     from llavarad.model.processor import SequenceTooLongError
     from llavarad.train.collator import CollateError
@@ -44,6 +52,7 @@ def _run_stage(stage: str, config: Path, overrides: tuple[str, ...]) -> Path:
         except ImportError as exc:
             raise click.ClickException(f"stage 1 is not available in this installation ({exc})") from exc
         cfg = _load(Stage1Config, config, overrides)
+        _check_output_dir(cfg)
         try:
             return Path(run_stage1(cfg))
         except (Stage1Error, FileNotFoundError, ValueError, ImageReadError) as exc:
@@ -58,6 +67,7 @@ def _run_stage(stage: str, config: Path, overrides: tuple[str, ...]) -> Path:
 
         cfg = _load(Stage3Config, config, overrides)
         runner = run_stage3
+    _check_output_dir(cfg)
     try:
         return runner(cfg)
     except (SequenceTooLongError, ImageReadError, CollateError, FileNotFoundError, ValueError) as exc:
