@@ -51,19 +51,15 @@ class _PlainIndex:
 
     def find(self, text: str, words: object) -> list[tuple[int, int, int]]:
         out = [(m.start(), m.end(), i) for i, p in enumerate(self._patterns) for m in p.finditer(text)]
-        out.sort()
+        out.sort(key=lambda hit: (hit[0], hit[2]))  # by start, then label order, as the index reports them
         return out
 
 
 def _plain_labeler() -> RuleLabeler:
-    from llavarad.evaluate.rule_labeler import phrases, rules
+    from llavarad.evaluate.rule_labeler import phrases
 
     lab = RuleLabeler()
-    classes: dict[tuple[str, str, bool], list[str]] = {}
-    for cue in rules.CUES:
-        if not lab.config.uses(cue):
-            continue
-        classes.setdefault((cue.kind, cue.direction, cue.short), []).append(cue.pattern)
+    classes = lab.config.cue_classes()
     table = [(obs, list(f), False) for obs, f in phrases.MENTIONS.items()]
     table += [(f"unmention:{obs}", list(f), False) for obs, f in phrases.UNMENTIONS.items()]
     table += [(str(k), pats, True) for k, pats in classes.items()]

@@ -77,6 +77,16 @@ class RuleLabelerConfig:
             return self.probable == "uncertain"
         return True
 
+    def cue_classes(self) -> dict[tuple[str, str, bool], list[str]]:
+        """Active cue patterns by ``(kind, direction, short)``, clause breaks first: at one word,
+        the index reports labels in this order, so a break there acts before a cue ("otherwise
+        negative for") and a cue that contains the break word ("with no evidence of") still acts."""
+        classes: dict[tuple[str, str, bool], list[str]] = {}
+        for cue in sorted(_rules.CUES, key=lambda c: c.kind != "break"):
+            if self.uses(cue):
+                classes.setdefault((cue.kind, cue.direction, cue.short), []).append(cue.pattern)
+        return classes
+
 
 class Mention(NamedTuple):
     """One mention: observation, matched text, span in the cleaned report and its status."""
@@ -119,11 +129,7 @@ class RuleLabeler:
         # One index, one pass over the words, for mentions, unmentions and cue classes. Cue
         # classes (kind, direction, reach) may overlap each other ("are clear" is a backward
         # negation, "clear of" a forward one); matches within one label never overlap.
-        classes: dict[tuple[str, str, bool], list[str]] = {}
-        for cue in _rules.CUES:
-            if not self.config.uses(cue):
-                continue
-            classes.setdefault((cue.kind, cue.direction, cue.short), []).append(cue.pattern)
+        classes = self.config.cue_classes()
         table: list[tuple[str, Iterable[str]]] = list(_phrases.MENTIONS.items())
         self._n_obs = len(table)
         table += [(f"unmention:{obs}", frags) for obs, frags in _phrases.UNMENTIONS.items()]
@@ -223,8 +229,6 @@ class RuleLabeler:
                     cues.append(_CueHit(start, end, kind, direction, short))
         if not hits:
             return ()
-        # a clause break acts before a cue that starts at the same word ("otherwise negative for")
-        cues.sort(key=lambda h: (h.start, h.kind != "break"))
         if pseudo:  # words of "no change" cannot act as a negation
             cues = [h for h in cues if h.kind == "break" or not any(ps <= h.start < pe for ps, pe in pseudo)]
         observations = self._observations
