@@ -110,7 +110,7 @@ def test_validation_through_the_prepared_model_equals_the_reference(phantom_mani
     from llavarad.model.clip import load_clip
     from llavarad.retrieval import validation_metrics
     from llavarad.train._stage1_data import Collator
-    from llavarad.train.stage1_encoder import _validate
+    from llavarad.train._stage1_engine import validate_pairs
 
     out = run_stage1(_cfg(phantom_manifest, tmp_path / "run", max_steps=2))
     clip = load_clip(out, device="cpu", dtype="float32")
@@ -119,7 +119,7 @@ def test_validation_through_the_prepared_model_equals_the_reference(phantom_mani
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(clip)
     collate = Collator(clip.tokenizer, clip.config.context_length, clip.config.image_size)
-    got, failures = _validate(accelerator, model, pairs, clip.image_processor, collate, batch_size=5, num_workers=0)
+    got, failures = validate_pairs(accelerator, model, pairs, clip.image_processor, collate, batch_size=5, num_workers=0)
     want = validation_metrics(clip, [(p.id, p.image, p.text) for p in pairs], batch_size=7)
     assert [f["id"] for f in failures] == ["broken"]
     assert got.keys() == want.keys() and got["val_n"] == len(pairs) - 1 and got["val_failed"] == 1
@@ -133,6 +133,7 @@ def test_killed_run_resumes_exactly(phantom_manifest, tmp_path):
     assert not json.loads((part / "summary.json").read_text())["finished"]
     resumed = run_stage1(_cfg(phantom_manifest, tmp_path / "b", max_steps=6, augment=True))
     assert json.loads((resumed / "summary.json").read_text())["global_step"] == 6
+    assert json.loads((resumed / "summary.json").read_text())["resumed_from"] == "checkpoint-3"  # not a restart
     from safetensors.torch import load_file
 
     for name in ("heads.safetensors", "image_encoder/model.safetensors", "text_encoder/model.safetensors"):

@@ -1,6 +1,8 @@
 """Stage-1 data: image-report pairs from a manifest, the sampler, the dataset and the collator.
 
-Kept apart from :mod:`llavarad.train.stage1_encoder` (the training loop) so each file stays readable.
+The Trainer (see :mod:`llavarad.train._stage1_engine`) draws batches with :class:`EpochSampler`
+and stacks them with :class:`Collator`; both are deterministic in (seed, epoch), which is what makes
+a resumed run exact.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import logging
 import math
 from typing import Any
 
-from llavarad.data.pairs import Pair, load_pairs, read_image, record_text  # noqa: F401 - re-exported
+from llavarad.data.pairs import Pair, load_pairs, read_image, record_text
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ class PairDataset:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer's data loader before each epoch (the crops depend on it)."""
+        self.epoch = int(epoch)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         import numpy as np
 
@@ -71,10 +77,8 @@ class EpochSampler:
     """A permutation of ``range(n)`` seeded by ``(seed, epoch)``: the data order of every epoch is
     reproducible, which is what lets a resumed run skip exactly the batches already seen.
 
-    The epoch is the attribute ``epoch``, set by the training loop from its checkpointed progress.
-    There is deliberately no ``set_epoch`` method: accelerate's data loaders call ``set_epoch`` with
-    their own iteration counter, which restarts at 0 in a resumed process (and in the loader that
-    ``skip_first_batches`` returns), and would silently change the order.
+    The Trainer sets the epoch (:meth:`set_epoch`) from its checkpointed state before each epoch,
+    on the loader it resumes with too, so a resumed process draws the same order.
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
@@ -82,6 +86,9 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __iter__(self):
         import torch
@@ -126,8 +133,3 @@ class Collator:
             n_truncated = 0
         return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask, "ids": [s["id"] for s in good],
                 "bad": bad, "n_truncated": n_truncated}
-
-
-# ----------------------------------------------------------------------------------------------
-# Loop helpers
-# ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""What a stage 2/3 run writes at the end: the trained model gathered to full weights on rank 0
-(under ZeRO-3 or FSDP too) and ``train_summary.json``."""
+"""What a training run writes at the end: the trained weights gathered in full on rank 0 (under
+ZeRO-3 and FSDP too, through the accelerator's state-dict gathering) and ``train_summary.json``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from llavarad.train.distributed import is_main
 from llavarad.train.settings import TrainConfig
 
-__all__ = ["gather_trained_model", "plain_model_init", "write_summary"]
+__all__ = ["gather_trained_model", "plain_model_init", "trained_weights", "write_summary"]
 
 
 @contextmanager
@@ -42,20 +42,29 @@ def plain_model_init(trainer):
         plugin.set_deepspeed_weakref()
 
 
-def gather_trained_model(trainer, rebuild):
-    """The trained model with full weights on rank 0 (None on other ranks).
+def trained_weights(trainer) -> tuple[Any, dict[str, Any] | None]:
+    """``(unwrapped model, full state dict or None)``; every process must call it.
 
-    Under DeepSpeed ZeRO-3 or FSDP the parameters are sharded; the accelerator gathers a full state
-    dict (every process takes part) and ``rebuild()`` makes an unsharded CPU copy of the same
-    architecture on rank 0 (outside ZeRO-3's partitioned init, see :func:`plain_model_init`) to load
-    it into.
+    Under DeepSpeed ZeRO-3 or FSDP the parameters are sharded and the accelerator gathers a full
+    state dict (a collective; complete on rank 0). Otherwise the state dict is None: the unwrapped
+    model already holds every weight.
     """
     model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
     sharded = any(p.numel() == 0 for p in model.parameters()) or bool(getattr(trainer, "is_fsdp_enabled", False))
-    state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    return model, (trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None)
+
+
+def gather_trained_model(trainer, rebuild):
+    """The trained model with full weights on rank 0 (None on other ranks).
+
+    When the weights are sharded (:func:`trained_weights`), ``rebuild()`` makes an unsharded CPU
+    copy of the same architecture on rank 0 (outside ZeRO-3's partitioned init, see
+    :func:`plain_model_init`) to load the gathered state dict into.
+    """
+    model, state = trained_weights(trainer)
     if not trainer.is_world_process_zero():
         return None
-    if not sharded:
+    if state is None:
         return model
     with plain_model_init(trainer):
         fresh = rebuild()

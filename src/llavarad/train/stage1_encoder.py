@@ -1,14 +1,16 @@
 """Stage 1: CLIP-style pretraining of the image encoder on image-report pairs (BiomedCLIP-CXR).
 
 One entry point, :func:`run_stage1`, driven by a :class:`Stage1Config` (YAML under ``configs/``).
-The loop runs on accelerate, so the same code trains on one CPU, on one GPU and on many GPUs with
-DDP, DeepSpeed or FSDP (pick with ``accelerate launch --config_file ...``). Negatives come from the
-whole global batch (:func:`llavarad.model.clip.contrastive_loss`).
+The engine is the Hugging Face ``Trainer``, as for stages 2 and 3 (the contrastive loss, sampler and
+validation are in :mod:`llavarad.train._stage1_engine`), so the same code trains on one CPU, on one
+GPU and on many GPUs with DDP, DeepSpeed or FSDP (pick with ``accelerate launch --config_file ...``).
+Negatives come from the whole global batch (:func:`llavarad.model.clip.contrastive_loss`).
 
 Output folder (``output_dir``)::
 
     image_encoder/  text_encoder/  heads.safetensors  clip_config.json    the CLIP folder
-    checkpoints/step_<N>/       accelerate states: model, optimizer, scheduler, RNG, progress
+    checkpoint-<N>/             Trainer checkpoints: model, optimizer, scheduler, RNG, trainer state
+    run_tokenizer/              the WordPiece tokenizer of a run whose text tower is random
     train_log.jsonl             loss, lr, temperature, ... per logged step (and validation rows)
     bad_samples.jsonl           images that could not be read (recorded, skipped, counted)
     skipped_records.jsonl       manifest records without findings/impression text
@@ -24,8 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,23 +36,14 @@ from llavarad.config import config_to_dict, save_config
 from llavarad.errors import LlavaradError
 from llavarad.io.manifest import SPLITS, JsonlWriter
 from llavarad.model.presets import ImagePool
-from llavarad.train._stage1_data import (  # noqa: F401 - re-exported
-    Collator,
-    EpochSampler,
-    Pair,
-    PairDataset,
-    load_pairs,
-    read_image,
-    record_text,
-)
+from llavarad.train._stage1_data import Collator, EpochSampler, Pair, PairDataset, load_pairs, read_image, record_text
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Stage1Config", "Stage1Error", "load_pairs", "read_image", "record_text", "run_stage1"]
 
 _LOG_FILE = "train_log.jsonl"
-_CKPT_DIR = "checkpoints"
-_DONE_MARK = "COMPLETE"
+_TOKENIZER_DIR = "run_tokenizer"
 
 
 class Stage1Error(LlavaradError, RuntimeError):
@@ -166,51 +159,6 @@ class Stage1Config:
             raise ValueError("; ".join(problems))
 
 
-# ----------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------
-
-class TrainProgress:
-    """Where the run is: saved inside every checkpoint (accelerate ``register_for_checkpointing``)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.batches_in_epoch = 0
-        self.global_step = 0
-        self.samples_seen = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "global_step": self.global_step,
-                "samples_seen": self.samples_seen}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        for key, value in state.items():
-            setattr(self, key, int(value))
-
-
-def _lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
-    def fn(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return fn
-
-
-def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on gains, biases, position embeddings, CLS token, temperature."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or any(k in name for k in ("logit_scale", "position_embeddings", "cls_token", "mask_token"))
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _mixed_precision(choice: str) -> str:
     import torch
 
@@ -221,103 +169,59 @@ def _mixed_precision(choice: str) -> str:
     return choice
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a checkpoint torn by a kill has no COMPLETE mark)."""
-    root = out / _CKPT_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step_*") if (p / _DONE_MARK).is_file() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def _save_checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
-    path = out / _CKPT_DIR / f"step_{step}"
-    if accelerator.is_main_process and path.exists():
-        shutil.rmtree(path)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (path / _DONE_MARK).write_text(json.dumps({"step": step, "time": time.time()}) + "\n", encoding="utf-8")
-        for old in _checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _validate(accelerator, model, pairs: list[Pair], image_processor, collate, batch_size: int,
-              num_workers: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Validation metrics of ``pairs`` through the *prepared* model, on every process.
-
-    Each process embeds every ``world``-th pair; all processes run the same number of forward
-    passes (the short ones repeat a pair, dropped again after the gather), because under ZeRO-3
-    and FSDP a forward pass gathers the sharded weights from every process, and DDP may sync
-    buffers in it. Nothing reads the unwrapped model's weights, so the same code is right for one
-    CPU, DDP, ZeRO-2/3 and FSDP. Returns the metrics (on every process) and the unreadable images.
-    """
-    import numpy as np
+def _training_arguments(cfg: Stage1Config, precision: str):
+    """The run's ``TrainingArguments`` (creating them sets up the process group under a launcher)."""
     import torch
-    from accelerate.utils import gather_object
-    from torch.utils.data import DataLoader, Subset
+    from transformers import TrainingArguments
 
-    from llavarad.evaluate.embedding import embedding_validation_metrics
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_process = math.ceil(len(pairs) / world)
-    mine = list(range(rank, len(pairs), world)) or [0]
-    mine += [mine[0]] * (per_process - len(mine))  # pad: every process makes the same forward passes
-    dataset = PairDataset(pairs, image_processor, augment=False, crop_scale=(1.0, 1.0), seed=0)
-    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate)
-    ids: list[str] = []
-    img_rows, txt_rows, bad = [], [], []
-    scale = float("nan")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                img, txt, batch_scale = model(batch["pixel_values"].to(accelerator.device),
-                                              batch["input_ids"].to(accelerator.device),
-                                              batch["attention_mask"].to(accelerator.device))
-                ids.extend(batch["ids"])
-                img_rows.append(img.float().cpu().numpy())
-                txt_rows.append(txt.float().cpu().numpy())
-                bad.extend(batch["bad"])
-                scale = float(batch_scale.detach().float())
-    finally:
-        model.train(was_training)
-    local = [(ids, np.concatenate(img_rows) if img_rows else None, np.concatenate(txt_rows) if txt_rows else None,
-              bad)]
-    parts = gather_object(local) if world > 1 else local
-    order = {p.id: i for i, p in enumerate(pairs)}
-    rows: dict[str, tuple[Any, Any]] = {}
-    failures: dict[str, dict[str, Any]] = {}
-    for part_ids, part_img, part_txt, part_bad in parts:
-        for j, item_id in enumerate(part_ids):
-            rows.setdefault(item_id, (part_img[j], part_txt[j]))
-        for row in part_bad:
-            failures.setdefault(row["id"], row)
-    kept = sorted(rows, key=order.__getitem__)
-    dim = int(img_rows[0].shape[1]) if img_rows else 0
-    image = np.stack([rows[k][0] for k in kept]) if kept else np.zeros((0, dim), np.float32)
-    text = np.stack([rows[k][1] for k in kept]) if kept else np.zeros((0, dim), np.float32)
-    metrics = embedding_validation_metrics(image, text, scale, n_failed=len(failures))
-    return metrics, sorted(failures.values(), key=lambda r: order[r["id"]])
+    return TrainingArguments(
+        output_dir=str(cfg.output_dir), per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, optim="adamw_torch",
+        max_grad_norm=cfg.max_grad_norm or 0.0, bf16=precision == "bf16", fp16=precision == "fp16",
+        logging_steps=cfg.log_every_steps, logging_first_step=True, eval_strategy="no", save_strategy="steps",
+        save_steps=cfg.save_every_steps, save_total_limit=cfg.keep_checkpoints, seed=cfg.seed, data_seed=cfg.seed,
+        dataloader_num_workers=cfg.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+        # the contrastive loss needs full global batches; the pairs left over differ per epoch
+        dataloader_drop_last=True,
+        remove_unused_columns=False, ddp_find_unused_parameters=False, report_to="none", disable_tqdm=True)
 
 
-def _run_tokenizer(cfg: Stage1Config, corpus: list[str], accelerator):
-    """The tokenizer of a run whose text tower is random: trained once on the main process, saved
-    under ``checkpoints/tokenizer`` and loaded from there by every process and every resumed run
-    (WordPiece training does not fix the ids of equally frequent pieces, so retraining could
-    renumber the vocabulary under the checkpointed embeddings)."""
+def _load_data(cfg: Stage1Config, out: Path, main: bool, global_batch: int) -> tuple[list[Pair], int, list[Pair]]:
+    """Training pairs, the number of records without text (listed in ``skipped_records.jsonl``)
+    and the validation pairs."""
+    pairs, skipped = load_pairs(cfg.manifest, cfg.splits)
+    if skipped and main:
+        logger.warning("%d of %d records in %s have no findings or impression (or a duplicate id) and are left out; "
+                       "see %s", len(skipped), len(skipped) + len(pairs), cfg.manifest, out / "skipped_records.jsonl")
+        with JsonlWriter(out / "skipped_records.jsonl", resume=False) as w:
+            for row in skipped:
+                w.write(row)
+    if len(pairs) < global_batch:
+        raise Stage1Error(f"{cfg.manifest}: {len(pairs)} usable pairs in splits {cfg.splits}, fewer than one global "
+                          f"batch ({global_batch} = per_device_batch_size x processes); lower "
+                          "per_device_batch_size or add data")
+    val_pairs: list[Pair] = []
+    if cfg.val_manifest:
+        val_pairs, val_skipped = load_pairs(cfg.val_manifest, cfg.val_splits)
+        if val_skipped and main:
+            logger.warning("%d validation records have no text and are left out", len(val_skipped))
+    return pairs, len(skipped), val_pairs
+
+
+def _run_tokenizer(cfg: Stage1Config, corpus: list[str], args):
+    """The tokenizer of a run whose text tower is random: built once (by the first process of each
+    node), saved under ``run_tokenizer/`` and loaded from there by every process and every resumed
+    run, so the ids under the checkpointed embeddings never change."""
     from transformers import AutoTokenizer
 
     from llavarad.model.clip import build_wordpiece_tokenizer
 
-    tok_dir = Path(cfg.output_dir) / _CKPT_DIR / "tokenizer"
-    if accelerator.is_main_process and not (tok_dir / "tokenizer.json").is_file():
-        build_wordpiece_tokenizer(corpus, cfg.tokenizer_vocab_size, cfg.context_length).save_pretrained(tok_dir)
-    accelerator.wait_for_everyone()
+    tok_dir = Path(cfg.output_dir) / _TOKENIZER_DIR
+    with args.main_process_first(desc="stage-1 tokenizer"):
+        if not (tok_dir / "tokenizer.json").is_file():
+            build_wordpiece_tokenizer(corpus, cfg.tokenizer_vocab_size, cfg.context_length).save_pretrained(tok_dir)
     return AutoTokenizer.from_pretrained(tok_dir)
 
 
@@ -339,216 +243,102 @@ def _build_model(cfg: Stage1Config, corpus: list[str], tokenizer=None):
                      logit_scale_max=cfg.logit_scale_max, seed=cfg.seed)
 
 
-# ----------------------------------------------------------------------------------------------
-# The stage
-# ----------------------------------------------------------------------------------------------
-
-def run_stage1(cfg: Stage1Config, *, progress: Any = None) -> Path:
-    """Train the dual encoder and write the CLIP folder at ``cfg.output_dir``; return that path.
-
-    Resumes from the newest complete checkpoint when ``cfg.resume == "auto"``. ``progress`` is an
-    optional callable ``progress(step, total_steps, stats)`` called after each optimizer step on
-    the main process (the CLI draws a progress bar with it).
-    """
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object, set_seed
-    from torch.utils.data import DataLoader
-
-    from llavarad.model.clip import contrastive_loss, save_clip
+def _make_trainer(cfg: Stage1Config, args, model, pairs: list[Pair], val_pairs: list[Pair], callbacks):
+    from llavarad.train._stage1_engine import ContrastiveTrainer, Stage1Callback
 
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    main = accelerator.is_main_process
-    existing = _checkpoints(out)
+    dataset = PairDataset(pairs, model.image_processor, augment=cfg.augment, crop_scale=tuple(cfg.crop_scale),
+                          seed=cfg.seed)
+    flow = Stage1Callback(out / _LOG_FILE, stop_after=cfg.stop_after_steps, validate=bool(val_pairs),
+                          eval_every_epochs=cfg.eval_every_epochs, logit_scale_max=cfg.logit_scale_max)
+    return ContrastiveTrainer(
+        model=model, args=args, train_dataset=dataset,
+        data_collator=Collator(model.tokenizer, cfg.context_length, model.config.image_size),
+        callbacks=[flow, *callbacks], sampler=EpochSampler(len(pairs), cfg.seed), warmup_steps=cfg.warmup_steps,
+        warmup_ratio=cfg.warmup_ratio, schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, val_pairs=val_pairs,
+        image_processor=model.image_processor, bad_samples=out / "bad_samples.jsonl")
+
+
+def run_stage1(cfg: Stage1Config, *, callbacks: Sequence[Any] = ()) -> Path:
+    """Train the dual encoder and write the CLIP folder at ``cfg.output_dir``; return that path.
+
+    Resumes from the newest complete checkpoint when ``cfg.resume == "auto"``. ``callbacks``:
+    extra ``transformers.TrainerCallback`` objects (the CLI's progress bar).
+    """
+    import torch
+
+    from llavarad.model.clip import save_clip
+    from llavarad.train.export import trained_weights
+    from llavarad.train.trainer import last_complete_checkpoint, resolve_resume
+
+    out = Path(cfg.output_dir)
+    precision = _mixed_precision(cfg.mixed_precision)
+    existing = last_complete_checkpoint(out)
     if existing and cfg.resume == "never":
-        raise Stage1Error(f"{out} already holds checkpoints ({existing[-1].name}); use resume=auto to continue "
+        raise Stage1Error(f"{out} already holds checkpoints ({Path(existing).name}); use resume=auto to continue "
                           "that run or choose a new output_dir")
-    set_seed(cfg.seed)
+    if existing and cfg.resume == "auto" and _already_exported(out, existing):
+        logger.info("stage 1: %s already holds the finished run (%s); nothing to do", out, Path(existing).name)
+        return out
+    args = _training_arguments(cfg, precision)
+    main, global_batch = args.process_index == 0, cfg.per_device_batch_size * args.world_size
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "stage1_config.yaml")
-
-    pairs, skipped = load_pairs(cfg.manifest, cfg.splits)
-    if skipped and main:
-        logger.warning("%d of %d records in %s have no findings or impression (or a duplicate id) and are left out; "
-                       "see %s", len(skipped), len(skipped) + len(pairs), cfg.manifest, out / "skipped_records.jsonl")
-        if main:
-            with JsonlWriter(out / "skipped_records.jsonl", resume=False) as w:
-                for row in skipped:
-                    w.write(row)
-    global_batch = cfg.per_device_batch_size * accelerator.num_processes
-    if len(pairs) < global_batch:
-        raise Stage1Error(f"{cfg.manifest}: {len(pairs)} usable pairs in splits {cfg.splits}, fewer than one global batch "
-                          f"({global_batch} = per_device_batch_size x {accelerator.num_processes} processes); "
-                          "lower per_device_batch_size or add data")
-    val_pairs: list[Pair] = []
-    if cfg.val_manifest:
-        val_pairs, val_skipped = load_pairs(cfg.val_manifest, cfg.val_splits)
-        if val_skipped and main:
-            logger.warning("%d validation records have no text and are left out", len(val_skipped))
-
+    pairs, n_skipped, val_pairs = _load_data(cfg, out, main, global_batch)
     torch.manual_seed(cfg.seed)
     corpus = [p.text for p in pairs]
-    tokenizer = _run_tokenizer(cfg, corpus, accelerator) if cfg.text_init is None else None
-    model = _build_model(cfg, corpus, tokenizer)
+    model = _build_model(cfg, corpus, _run_tokenizer(cfg, corpus, args) if cfg.text_init is None else None)
     if main:
-        logger.info("stage 1: %d pairs; image tower %s (%.1fM params), text tower %s (%.1fM params)", len(pairs),
+        logger.info("stage 1: %d pairs; image tower %s (%.1fM params), text tower %s (%.1fM params); global batch "
+                    "%d, %d pairs per epoch outside full global batches", len(pairs),
                     model.config.extra["init"]["vision"], sum(p.numel() for p in model.vision.parameters()) / 1e6,
-                    model.config.extra["init"]["text"], sum(p.numel() for p in model.text.parameters()) / 1e6)
+                    model.config.extra["init"]["text"], sum(p.numel() for p in model.text.parameters()) / 1e6,
+                    global_batch, len(pairs) % global_batch)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    tokenizer, image_processor = model.tokenizer, model.image_processor
-
-    dataset = PairDataset(pairs, image_processor, augment=cfg.augment, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed)
-    sampler = EpochSampler(len(pairs), cfg.seed)
-    # drop_last: the contrastive loss needs full global batches; the pairs left over differ per epoch
-    # (the order is reshuffled), and their number is logged below.
-    collate = Collator(tokenizer, cfg.context_length, model.config.image_size)
-    loader = DataLoader(dataset, batch_size=cfg.per_device_batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers, collate_fn=collate)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    batches_per_epoch = len(loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_ratio * total_steps))
-    # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step
-    # it once per process), and checkpointed with the rest.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                                                  _lr_lambda(warmup, total_steps, cfg.lr_schedule, cfg.min_lr_ratio))
-    state = TrainProgress()
-    accelerator.register_for_checkpointing(scheduler, state)
-    if existing and cfg.resume == "auto":
-        accelerator.load_state(str(existing[-1]))
-        if main:
-            logger.info("resumed from %s (step %d, epoch %d, batch %d)", existing[-1], state.global_step,
-                        state.epoch, state.batches_in_epoch)
-    dropped = len(pairs) - batches_per_epoch * global_batch
-    if main:
-        logger.info("%d optimizer steps (%d per epoch, %d epochs), global batch %d, warm-up %d; %d pairs per epoch "
-                    "fall outside full global batches", total_steps, steps_per_epoch, epochs, global_batch, warmup,
-                    dropped)
-
-    log = JsonlWriter(out / _LOG_FILE, key="row") if main else None
-    bad_log = JsonlWriter(out / "bad_samples.jsonl") if main else None
-    unwrapped = accelerator.unwrap_model(model)
-    max_log_scale = math.log(cfg.logit_scale_max)
-    n_bad = n_truncated = 0
-    stop_at = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
-    t_start, samples_at_start = time.perf_counter(), state.samples_seen
-    last_val_step = -1
-
-    def validate(tag: str) -> None:
-        # every process takes part (see _validate); only the main one writes the row
-        nonlocal last_val_step
-        metrics, failures = _validate(accelerator, model, val_pairs, image_processor, collate,
-                                      cfg.per_device_batch_size, cfg.num_workers)
-        if main:
-            for row in failures:
-                logger.warning("validation sample %s: unreadable image, left out (%s)", row["id"], row["error"])
-            logger.info("validation (%s, step %d): %s", tag, state.global_step, metrics)
-            row = {"row": tag, "step": state.global_step, "epoch": state.epoch, **metrics}
-            if tag not in log.done:
-                log.write(row)
-        last_val_step = state.global_step
-        accelerator.wait_for_everyone()
-
+    trainer = _make_trainer(cfg, args, model, pairs, val_pairs, callbacks)
+    t_start, resume = time.perf_counter(), resolve_resume(cfg)
     try:
-        while state.global_step < stop_at:
-            epoch = state.epoch
-            sampler.epoch = epoch
-            dataset.epoch = epoch
-            epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
-            model.train()
-            for batch in epoch_loader:
-                bad = batch["bad"]
-                if accelerator.num_processes > 1:
-                    bad = gather_object(bad)
-                if bad and main:
-                    for row in bad:
-                        if row["id"] not in bad_log.done:
-                            logger.warning("sample %s: unreadable image, skipped (%s)", row["id"], row["error"])
-                            bad_log.write({**row, "epoch": epoch})
-                            n_bad += 1
-                n_truncated += batch["n_truncated"]
-                with accelerator.accumulate(model):
-                    img, txt, scale = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-                    loss, stats = contrastive_loss(img, txt, scale)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                state.batches_in_epoch += 1
-                state.samples_seen += int(stats["global_batch"])
-                if not accelerator.sync_gradients:
-                    continue
-                step_lr = scheduler.get_last_lr()[0]  # the lr this step was taken with
-                scheduler.step()
-                with torch.no_grad():
-                    # A no-op on processes that do not hold this weight (ZeRO-3, FSDP): there only
-                    # the upper bound holds, through the clamp inside CxrClip.scale().
-                    unwrapped.logit_scale.clamp_(0.0, max_log_scale)
-                state.global_step += 1
-                step = state.global_step
-                row = None
-                if step % cfg.log_every_steps == 0 or step == stop_at or step == 1:
-                    mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-                    elapsed = time.perf_counter() - t_start
-                    row = {"row": f"train:{step}", "step": step, "epoch": epoch, "loss": round(mean_loss, 6),
-                           # from the forward's output, not the weight: right when weights are sharded
-                           "lr": step_lr, "logit_scale": math.log(float(scale.detach().float())),
-                           "temperature": 1.0 / float(scale.detach().float()), "acc_i2t": stats["acc_i2t"],
-                           "acc_t2i": stats["acc_t2i"], "global_batch": int(stats["global_batch"]),
-                           "samples_per_s": round((state.samples_seen - samples_at_start) / max(elapsed, 1e-9), 3)}
-                    if cfg.max_grad_norm is not None and grad_norm is not None:  # DeepSpeed may give None
-                        row["grad_norm"] = float(grad_norm)
-                    if main and row["row"] not in log.done:
-                        log.write(row)
-                if progress is not None and main:
-                    progress(step, total_steps, row)
-                if step % cfg.save_every_steps == 0 and step < stop_at:
-                    _save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
-                if step >= stop_at:
-                    break
-            if state.batches_in_epoch >= batches_per_epoch:  # the epoch ran to its end
-                state.epoch += 1
-                state.batches_in_epoch = 0
-                if val_pairs and (state.epoch % cfg.eval_every_epochs == 0 or state.global_step >= total_steps):
-                    validate(f"val:{state.epoch}")
-            if state.global_step >= stop_at:
-                break
-        if val_pairs and state.global_step >= total_steps and last_val_step != state.global_step:
-            validate("val:final")  # training ended mid-epoch
-        _save_checkpoint(accelerator, out, state.global_step, cfg.keep_checkpoints)
+        trainer.train(resume_from_checkpoint=resume)
     finally:
-        if log is not None:
-            log.close()
-        if bad_log is not None:
-            bad_log.close()
-
-    finished = state.global_step >= total_steps
-    # Every process calls this: under ZeRO-3 and FSDP it gathers the sharded weights to the main one.
-    full_state = accelerator.get_state_dict(model)
+        trainer.close()
+    clip, full_state = trained_weights(trainer)  # every process: gathers sharded weights (ZeRO-3, FSDP)
     if main:
-        unwrapped.eval()
-        save_clip(unwrapped, out, train_config=config_to_dict(cfg), state_dict=full_state)
-        summary = {"finished": finished, "global_step": state.global_step, "total_steps": total_steps,
-                   "epochs_done": state.epoch, "pairs": len(pairs), "skipped_records": len(skipped),
-                   "bad_samples_this_run": n_bad, "truncated_texts_this_run": n_truncated,
-                   "pairs_outside_full_batches_per_epoch": dropped, "global_batch": global_batch,
-                   "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-                   "seconds_this_run": round(time.perf_counter() - t_start, 2)}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        if n_truncated:
-            logger.warning("%d report texts were longer than context_length=%d tokens and were truncated",
-                           n_truncated, cfg.context_length)
-        if not finished:
-            logger.info("stopped at step %d of %d (stop_after_steps); rerun the same command to continue",
-                        state.global_step, total_steps)
-    accelerator.wait_for_everyone()
+        clip.eval()
+        save_clip(clip, out, train_config=config_to_dict(cfg), state_dict=full_state)
+        _write_summary(cfg, trainer, out, {
+            "resumed_from": Path(resume).name if resume else None, "pairs": len(pairs), "skipped_records": n_skipped, "global_batch": global_batch,
+            "pairs_outside_full_batches_per_epoch": len(pairs) % global_batch, "mixed_precision": precision,
+            "seconds_this_run": round(time.perf_counter() - t_start, 2)})
+    trainer.accelerator.wait_for_everyone()
     return out
+
+
+def _already_exported(out: Path, checkpoint: str) -> bool:
+    """True when ``checkpoint`` ended the run and the CLIP folder was written from it (the Trainer
+    would otherwise take one more step when resumed from its final checkpoint)."""
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    step = state.get("global_step", -1)
+    return (step >= state.get("max_steps", step + 1) and summary.get("finished") is True
+            and summary.get("global_step") == step and (out / "heads.safetensors").is_file())
+
+
+def _write_summary(cfg: Stage1Config, trainer, out: Path, extra: dict[str, Any]) -> None:
+    state = trainer.state
+    finished = state.global_step >= state.max_steps
+    summary = {"finished": finished, "global_step": state.global_step, "total_steps": state.max_steps,
+               "epochs_done": math.floor(state.epoch or 0), "bad_samples_this_run": trainer.n_bad,
+               "truncated_texts_this_run": trainer.n_truncated, "processes": trainer.accelerator.num_processes,
+               **extra}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if trainer.n_truncated:
+        logger.warning("%d report texts were longer than context_length=%d tokens and were truncated",
+                       trainer.n_truncated, cfg.context_length)
+    if not finished:
+        logger.info("stopped at step %d of %d (stop_after_steps); rerun the same command to continue",
+                    state.global_step, state.max_steps)

@@ -21,19 +21,37 @@ from llavarad.train.settings import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupLrTrainer", "make_trainer", "resolve_resume", "use_bf16"]
+__all__ = ["GroupLrTrainer", "last_complete_checkpoint", "make_trainer", "resolve_resume", "use_bf16"]
 
 
-def resolve_resume(cfg: TrainConfig) -> str | None:
-    """The checkpoint to resume from, or None to start fresh."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that was written to the end, or None.
 
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint a kill tore mid-write lacks it
+    and is passed over (with a warning) instead of failing the resume.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    found = sorted((p for p in root.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                   key=lambda p: int(p.name[11:]))
+    for path in reversed(found):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        logger.warning("%s has no trainer_state.json (torn by an interrupted save); resuming from an older one", path)
+    return None
+
+
+def resolve_resume(cfg) -> str | None:
+    """The checkpoint to resume from, or None to start fresh.
+
+    ``cfg`` has ``resume`` (``auto``: the newest complete checkpoint in ``output_dir`` if any;
+    ``never``; or a checkpoint path) and ``output_dir``; every stage's config has both.
+    """
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
-        if Path(cfg.output_dir).is_dir():
-            return get_last_checkpoint(str(cfg.output_dir))
-        return None
+        return last_complete_checkpoint(cfg.output_dir)
     path = Path(cfg.resume)
     if not path.is_dir():
         raise FileNotFoundError(f"resume={cfg.resume!r}: no such checkpoint folder; use auto, never or a checkpoint-N path")
