@@ -61,3 +61,37 @@ def test_converted_release_records_float16_and_auto_honours_it(fp16_release, mon
     assert resolve_device_dtype("cuda", "auto", None)[1] == torch.float16
     with pytest.raises(ValueError, match="recorded inference dtype 'int8'"):
         resolve_device_dtype("cpu", "auto", "int8")
+
+
+def test_preprocess_cfg_of_the_vision_config_is_read_and_recorded(fp16_release, tmp_path):
+    import shutil
+
+    from llavarad.model.convert import VISION_CONFIG, ConversionError, convert_encoder
+    from llavarad.model.processor import CLIP_MEAN
+
+    _, base, release = fp16_release
+    rel = tmp_path / "release"
+    shutil.copytree(release, rel)
+    # without the open_clip config: open_clip's defaults, and the folder says so
+    out = convert_release(rel, base, tmp_path / "default", dtype="float32", preset="tiny")
+    meta = json.loads((tmp_path / "default" / "llavarad.json").read_text())
+    assert meta["preprocess"]["mean"] == list(CLIP_MEAN) and meta["preprocess"]["source"].startswith("open_clip defaults")
+    assert out.kind == "model"
+    cfg = {"model_cfg": {"embed_dim": 16}, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                                                              "interpolation": "bilinear", "resize_mode": "shortest"}}
+    (rel / VISION_CONFIG).write_text(json.dumps(cfg))
+    convert_release(rel, base, tmp_path / "cfg", dtype="float32", preset="tiny")
+    meta = json.loads((tmp_path / "cfg" / "llavarad.json").read_text())
+    assert meta["preprocess"]["mean"] == [0.5] * 3 and meta["preprocess"]["interpolation"] == "bilinear"
+    assert meta["preprocess"]["source"] == f"{rel / VISION_CONFIG} (preprocess_cfg)"
+    proc = load_model(tmp_path / "cfg", device="cpu").image_processor  # the loaded processor follows it
+    assert list(proc.image_mean) == [0.5] * 3 and list(proc.image_std) == [0.25] * 3 and int(proc.resample) == 2
+    saved = json.loads((tmp_path / "cfg" / "processor_config.json").read_text())["image_processor"]  # other tools
+    assert saved["image_mean"] == [0.5] * 3 and saved["resample"] == 2
+    enc = convert_encoder(rel, tmp_path / "enc", preset="tiny")
+    assert enc.kind == "encoder"
+    assert json.loads((tmp_path / "enc" / "llavarad_convert.json").read_text())["preprocess"]["std"] == [0.25] * 3
+    cfg["preprocess_cfg"].update(resize_mode="longest", mean=[0.5, 0.5])
+    (rel / VISION_CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(ConversionError, match=r"mean=\[0.5, 0.5\]: expected three numbers.*resize_mode='longest'"):
+        convert_release(rel, base, tmp_path / "bad", dtype="float32", preset="tiny")

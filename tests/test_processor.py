@@ -28,7 +28,7 @@ def test_v1_and_plain_prompt_strings_are_the_released_ones():
     assert parts.target == " No effusion." and parts.eos
     assert build_prompt("v1").prompt.endswith(
         "USER: <image>\nProvide a description of the findings in the radiology image. ASSISTANT:")
-    assert question_for("   ") == question_for(None)
+    assert question_for("   ").endswith("indication:")  # the release tests `is not None`, not blankness
     plain = build_prompt("plain", indication="ignored", findings="Clear lungs.")
     assert plain.prompt == "<image>" and plain.target == "Clear lungs.\n" and not plain.eos
     with pytest.raises(ValueError, match="unknown prompt format"):
@@ -126,6 +126,25 @@ def test_image_preprocessing_matches_reference(shape):
     assert tuple(pv.shape) == (1, 3, 518, 518)
     ref = _reference_preprocess(img, 518)
     assert np.abs(pv[0].numpy() - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("extra", range(1, 9))
+@pytest.mark.parametrize("portrait", [False, True])
+def test_centre_crop_rounds_the_offset_half_to_even_as_torchvision(extra, portrait):
+    """Side differences 1..8: torchvision starts the crop at round(d / 2) (0, 1, 2, 2, 2, 3, 4, 4),
+    transformers' own crop at d // 2; the two differ when d is 3 or 7, and llavarad follows torchvision."""
+    from llavarad.model.processor import center_crop_offset
+
+    size = 56
+    rng = np.random.default_rng(extra)
+    shape = (size + extra, size) if portrait else (size, size + extra)  # numpy (h, w): shortest side already 56
+    img = Image.fromarray((rng.random((*shape, 3)) * 255).astype("uint8"))
+    proc = build_image_processor(size)
+    pv = pixel_values_for([img], proc)[0].numpy()
+    assert np.abs(pv - _reference_preprocess(img, size)).max() < 1e-5
+    assert center_crop_offset(size + extra, size) == {1: 0, 2: 1, 3: 2, 4: 2, 5: 2, 6: 3, 7: 4, 8: 4}[extra]
+    floor = proc(images=[img], return_tensors="np")["pixel_values"][0]  # transformers' crop
+    assert np.array_equal(floor, pv) == (extra % 4 != 3)
 
 
 def test_pad_aspect_pads_to_square_with_the_mean_colour():

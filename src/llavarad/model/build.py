@@ -312,7 +312,8 @@ def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "aut
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    image_processor = build_image_processor(preset.image_size)
+    # the preprocessing `convert` read from the release's open_clip config, else open_clip's defaults
+    image_processor = build_image_processor(preset.image_size, meta.get("preprocess"))
     if int(model.config.image_token_id) != int(meta.get("image_token_id", model.config.image_token_id)):
         raise ModelFolderError(f"{model_dir}: image token id in config.json and {META_FILE} disagree; re-save the folder")
     return ModelBundle(model, tokenizer, image_processor, preset, meta)

@@ -10,6 +10,9 @@ The release holds no language-model weights; it needs ``lmsys/vicuna-7b-v1.5``:
 - ``adapter_config.json`` + ``adapter_model.bin``: a peft LoRA, merged into the LM by default
   (``W + alpha/r * B @ A``) or kept as an adapter folder ``lora/`` that applies to the converted model.
 - ``config.json``: LLaVA fields, checked (projector type, feature layer, sizes) and recorded.
+- ``biomedclip_cxr_518.json`` (optional): the encoder's open_clip config; its ``preprocess_cfg``
+  (mean, std, interpolation, resize mode) sets the image processor when present, open_clip's
+  defaults otherwise, and what was used is recorded under ``preprocess`` in ``llavarad.json``.
 
 The result is a normal model folder (:func:`llavarad.model.build.save_model`): the ``<image>`` token
 is added to Vicuna's tokenizer (embedding rows grow by one, initialised to the mean row), and the
@@ -50,6 +53,8 @@ PROJECTOR_FILE = "non_lora_trainables.bin"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 RELEASE_CONFIG = "config.json"
+#: The encoder's open_clip config in the release (the release's open_clip_encoder.py reads it).
+VISION_CONFIG = "biomedclip_cxr_518.json"
 RELEASE_FILES = (VISION_FILE, PROJECTOR_FILE, ADAPTER_CONFIG, ADAPTER_WEIGHTS[1], RELEASE_CONFIG)
 LORA_DIR = "lora"
 _HINT = "download it with: huggingface-cli download microsoft/llava-rad --local-dir DIR"
@@ -128,6 +133,26 @@ def check_release(release_dir: str | Path, base_dir: str | Path | None = None, *
     return found
 
 
+def _preprocess(release: Path, image_size: int, vision_config: str | Path | None) -> dict[str, Any]:
+    """Image preprocessing from the release's open_clip config (``preprocess_cfg``), recorded with its source."""
+    from llavarad.model.processor import preprocess_from_open_clip
+
+    path = Path(vision_config) if vision_config is not None else release / VISION_CONFIG
+    if vision_config is None and not path.is_file():
+        out = preprocess_from_open_clip(None, image_size)
+        return {**out, "source": f"open_clip defaults ({path} not found)"}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path}: not a readable open_clip config ({exc}); pass the release's {VISION_CONFIG}") from exc
+    cfg = data.get("preprocess_cfg") if isinstance(data, dict) else None
+    try:
+        out = preprocess_from_open_clip(cfg, image_size, str(path))
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
+    return {**out, "source": f"{path} ({'preprocess_cfg' if cfg is not None else 'no preprocess_cfg: open_clip defaults'})"}
+
+
 def _vision(path: Path, num_heads: int | None, preset_vision: dict[str, Any] | None = None
             ) -> tuple[dict[str, Any], dict[str, Any], int]:
     checkpoint = load_torch_file(path)
@@ -147,10 +172,12 @@ def _vision(path: Path, num_heads: int | None, preset_vision: dict[str, Any] | N
 
 
 def convert_encoder(release_dir: str | Path, out_dir: str | Path, *, dtype: DType = "float32",
-                    num_attention_heads: int | None = None, preset: str = "llava-rad-7b") -> ConvertReport:
+                    num_attention_heads: int | None = None, preset: str = "llava-rad-7b",
+                    vision_config: str | Path | None = None) -> ConvertReport:
     """Export only the released image encoder as a ``Dinov2Model`` folder (+ its image processor).
 
-    The folder is what stage 1 training and ``llavarad init --vision`` take.
+    The folder is what stage 1 training and ``llavarad init --vision`` take. ``vision_config``: the
+    open_clip config (default: ``biomedclip_cxr_518.json`` in the release folder, if there).
     """
     import torch
     from transformers import Dinov2Config, Dinov2Model
@@ -168,10 +195,12 @@ def convert_encoder(release_dir: str | Path, out_dir: str | Path, *, dtype: DTyp
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    build_image_processor(cfg["image_size"]).save_pretrained(out)
+    preprocess = _preprocess(Path(release_dir), cfg["image_size"], vision_config)
+    build_image_processor(cfg["image_size"], preprocess).save_pretrained(out)
     report = ConvertReport(out_dir=str(out), kind="encoder", dtype=str(torch_dtype).removeprefix("torch."),
                            vision_tensors=len(state), ignored_vision_keys=n_ignored, image_size=cfg["image_size"])
-    (out / "llavarad_convert.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (out / "llavarad_convert.json").write_text(json.dumps({**report.to_dict(), "preprocess": preprocess}, indent=2) + "\n",
+                                               encoding="utf-8")
     return report
 
 
@@ -262,11 +291,14 @@ def _lm_key(name: str) -> str | None:
 
 
 def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str | Path, *, dtype: DType = "auto",
-                    keep_lora: bool = False, preset: str = "llava-rad-7b") -> ConvertReport:
+                    keep_lora: bool = False, preset: str = "llava-rad-7b",
+                    vision_config: str | Path | None = None) -> ConvertReport:
     """Convert the release + base LM into a llavarad model folder at ``out_dir``; return what was done.
 
     ``dtype`` ``auto`` keeps the base model's dtype (float16 for Vicuna). With ``keep_lora`` the LM is
     saved unmerged and the adapter goes to ``out_dir/lora`` (load it with ``peft.PeftModel``).
+    ``vision_config``: the encoder's open_clip config (default: ``biomedclip_cxr_518.json`` in the
+    release folder, if there); its ``preprocess_cfg`` sets the image processor.
     """
     import torch
     from accelerate import init_empty_weights
@@ -373,11 +405,13 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
     aspect = "pad" if release_cfg.get("image_aspect_ratio") == "pad" else "crop"
     # The release runs inference in float16 (llava/model/builder.py loads with torch_dtype float16, the
     # eval script feeds .half() images), so `--dtype auto` on a GPU loads this folder in float16.
+    preprocess = _preprocess(Path(release_dir), merged_preset.image_size, vision_config)
     meta = make_meta(merged_preset, tokenizer, "v1", image_token_id, image_aspect_ratio=aspect,
-                      inference_dtype="float16",
+                      inference_dtype="float16", preprocess=preprocess,
                       init={"kind": "convert", "release": str(Path(release_dir)), "base": str(base),
                             "release_config": release_cfg, "report": report.to_dict()})
-    bundle = ModelBundle(model, tokenizer, build_image_processor(merged_preset.image_size), merged_preset, meta)
+    bundle = ModelBundle(model, tokenizer, build_image_processor(merged_preset.image_size, preprocess), merged_preset,
+                         meta)
     out = save_model(bundle, out_dir)
     if keep_lora:
         _save_adapter(adapter, out / LORA_DIR, torch_dtype)

@@ -1,7 +1,11 @@
 """Image preprocessing and prompt tokenization, exactly as the released LLaVA-Rad model expects.
 
 Images: bicubic resize of the shortest side to the preset's size (518), centre crop, RGB, OpenAI
-CLIP mean/std. Text: the release tokenizes a prompt by splitting it at ``<image>``, tokenizing each
+CLIP mean/std (or what the release's open_clip ``preprocess_cfg`` says, recorded by ``convert``).
+The centre crop is torchvision's (what open_clip runs): its offset is ``round(diff / 2)`` with
+Python's round, half to even, where transformers' crop floors; :func:`pixel_values_for` crops the
+release's way, so about a quarter of non-square images (side difference 3 mod 4) are not shifted
+by a pixel. Text: the release tokenizes a prompt by splitting it at ``<image>``, tokenizing each
 chunk on its own (BOS only on the first), and putting the image tokens where the placeholder was.
 With a sentencepiece tokenizer the chunk after the image therefore starts with the prefix piece
 before ``"\\n"``; feeding a converted model the ids of the whole string tokenized at once would
@@ -10,8 +14,9 @@ differ from what it was trained on, so every llavarad path builds ids with :func
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llavarad.errors import LlavaradError
 from llavarad.prompts.model import IMAGE_PLACEHOLDER, build_prompt
@@ -24,11 +29,14 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "IGNORE_INDEX",
+    "PREPROCESS_DEFAULTS",
     "EncodedExample",
     "SequenceTooLongError",
     "build_image_processor",
     "build_processor",
+    "center_crop_offset",
     "pad_to_square",
+    "preprocess_from_open_clip",
     "encode_example",
     "pixel_values_for",
     "tokenize_prompt",
@@ -37,6 +45,12 @@ __all__ = [
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IGNORE_INDEX = -100
+#: open_clip's ``PreprocessCfg`` defaults (src/open_clip/transform.py), what the release's encoder
+#: uses when its config carries no ``preprocess_cfg``.
+PREPROCESS_DEFAULTS: dict[str, Any] = {"mode": "RGB", "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+                                       "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
+_RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST"}
+_RESIZE_MODES = ("shortest", "squash")
 
 # A Jinja chat template that renders the "v1" format from chat messages, so that generic HF tools
 # (``processor.apply_chat_template``) produce the same prompt string as llavarad.
@@ -65,25 +79,76 @@ class SequenceTooLongError(LlavaradError, ValueError):
     """A training example whose prompt + target exceeds the length limit (never truncated silently)."""
 
 
-def build_image_processor(image_size: int):
+def preprocess_from_open_clip(cfg: Mapping[str, Any] | None, image_size: int, source: str = "vision config") -> dict[str, Any]:
+    """The preprocessing an open_clip ``preprocess_cfg`` describes, checked, with open_clip's defaults filled in.
+
+    Args:
+        cfg: the ``preprocess_cfg`` dict (mean, std, interpolation, resize_mode, size, mode,
+            fill_color), or None for open_clip's defaults.
+        image_size: the encoder's input size, which ``size`` must agree with when given.
+
+    Returns:
+        ``{"mean", "std", "interpolation", "resize_mode", "fill_color", "mode", "size"}``.
+
+    Raises:
+        ValueError: one message listing every value llavarad cannot reproduce.
+    """
+    out = {**PREPROCESS_DEFAULTS, "size": image_size}
+    problems = []
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise ValueError(f"{source}: preprocess_cfg is {type(cfg).__name__}, expected an object")
+    for key, value in (cfg or {}).items():
+        if key not in out:
+            problems.append(f"unknown key {key!r}")
+        else:
+            out[key] = value
+    for key in ("mean", "std"):
+        v = out[key]
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+            problems.append(f"{key}={v!r}: expected three numbers")
+        elif key == "std" and min(v) <= 0:
+            problems.append(f"std={v!r}: must be positive")
+        else:
+            out[key] = [float(x) for x in v]
+    if out["interpolation"] not in _RESAMPLE:
+        problems.append(f"interpolation={out['interpolation']!r}: use one of {', '.join(_RESAMPLE)}")
+    if out["resize_mode"] not in _RESIZE_MODES:
+        problems.append(f"resize_mode={out['resize_mode']!r}: llavarad reproduces {', '.join(_RESIZE_MODES)}")
+    if out["mode"] != "RGB":
+        problems.append(f"mode={out['mode']!r}: only RGB")
+    size = out["size"]
+    sizes = [size, size] if isinstance(size, int) else list(size) if isinstance(size, (list, tuple)) else None
+    if sizes is None or len(sizes) != 2 or any(int(x) != image_size for x in sizes):
+        problems.append(f"size={size!r} differs from the encoder's {image_size} px")
+    out["size"] = image_size
+    if problems:
+        raise ValueError(f"{source}: preprocess_cfg: " + "; ".join(problems))
+    return out
+
+
+def build_image_processor(image_size: int, preprocess: Mapping[str, Any] | None = None):
     """The CLIP-style image processor of the release, at ``image_size`` (518 for LLaVA-Rad).
 
-    Uses transformers' PIL backend, which needs no torchvision.
+    ``preprocess`` is the output of :func:`preprocess_from_open_clip` (recorded by ``convert`` in
+    ``llavarad.json``); None means open_clip's defaults. Uses transformers' PIL backend, which
+    needs no torchvision.
     """
     from PIL import Image as _Image
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+    p = preprocess_from_open_clip(None, image_size) if preprocess is None else preprocess
+    squash = p["resize_mode"] == "squash"
     return CLIPImageProcessorPil(
         do_resize=True,
-        size={"shortest_edge": image_size},
-        resample=_Image.Resampling.BICUBIC,
-        do_center_crop=True,
+        size={"height": image_size, "width": image_size} if squash else {"shortest_edge": image_size},
+        resample=getattr(_Image.Resampling, _RESAMPLE[p["interpolation"]]),
+        do_center_crop=not squash,
         crop_size={"height": image_size, "width": image_size},
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
+        image_mean=list(p["mean"]),
+        image_std=list(p["std"]),
         do_convert_rgb=True,
     )
 
@@ -103,8 +168,19 @@ def build_processor(image_processor, tokenizer, patch_size: int):
     )
 
 
-def pad_to_square(image: Image.Image) -> Image.Image:
-    """LLaVA's ``image_aspect_ratio="pad"``: centre the image on a square of the CLIP mean colour."""
+def center_crop_offset(length: int, crop: int) -> int:
+    """Start of a centred crop of ``crop`` pixels from ``length``, as torchvision's ``center_crop``.
+
+    torchvision (transforms/functional.py, ``center_crop``) takes ``int(round((length - crop) / 2.0))``;
+    Python rounds halves to even, so a difference of 3 starts at 2 (transformers' floor gives 1).
+    """
+    if crop > length:
+        raise ValueError(f"cannot crop {crop} pixels from {length}")
+    return int(round((length - crop) / 2.0))
+
+
+def pad_to_square(image: Image.Image, mean: tuple[float, ...] | list[float] = CLIP_MEAN) -> Image.Image:
+    """LLaVA's ``image_aspect_ratio="pad"``: centre the image on a square of the mean colour."""
     from PIL import Image as _Image
 
     image = image.convert("RGB")
@@ -112,7 +188,7 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     if w == h:
         return image
     side = max(w, h)
-    fill = tuple(int(round(c * 255)) for c in CLIP_MEAN)
+    fill = tuple(int(round(c * 255)) for c in mean)
     canvas = _Image.new("RGB", (side, side), fill)
     canvas.paste(image, ((side - w) // 2, (side - h) // 2))
     return canvas
@@ -121,15 +197,26 @@ def pad_to_square(image: Image.Image) -> Image.Image:
 def pixel_values_for(images: list[Image.Image], image_processor, aspect: str = "crop") -> torch.Tensor:
     """Preprocess PIL images to a ``(batch, 3, size, size)`` float32 tensor.
 
-    ``aspect="crop"`` (default): shortest side to size, centre crop. ``aspect="pad"``: pad to a square
-    first, as LLaVA models trained with ``image_aspect_ratio="pad"`` expect (recorded by ``convert``).
+    ``aspect="crop"`` (default): shortest side to size, centre crop with torchvision's offset
+    (:func:`center_crop_offset`). ``aspect="pad"``: pad to a square of the mean colour first, as
+    LLaVA models trained with ``image_aspect_ratio="pad"`` expect (recorded by ``convert``).
     """
+    import torch
+
     if aspect == "pad":
-        images = [pad_to_square(img) for img in images]
+        images = [pad_to_square(img, getattr(image_processor, "image_mean", None) or CLIP_MEAN) for img in images]
     elif aspect != "crop":
         raise ValueError(f"image aspect handling {aspect!r} must be 'crop' or 'pad'")
-    out = image_processor(images=images, return_tensors="pt")
-    return out["pixel_values"]
+    if not getattr(image_processor, "do_center_crop", False):
+        return image_processor(images=images, return_tensors="pt")["pixel_values"]
+    # Resize and normalise with the processor, crop with torchvision's rounding (the two commute).
+    height, width = int(image_processor.crop_size["height"]), int(image_processor.crop_size["width"])
+    rows = []
+    for img in images:
+        full = image_processor(images=[img], do_center_crop=False, return_tensors="pt")["pixel_values"][0]
+        top, left = center_crop_offset(full.shape[-2], height), center_crop_offset(full.shape[-1], width)
+        rows.append(full[:, top:top + height, left:left + width])
+    return torch.stack(rows)
 
 
 def tokenize_prompt(tokenizer, prompt: str, num_image_tokens: int, image_token_id: int) -> list[int]:
