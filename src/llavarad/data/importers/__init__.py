@@ -55,4 +55,17 @@ def import_dataset(name: str, root: str | Path, **options: Any) -> Iterator[Mani
     root = Path(root)
     if not root.exists():
         raise DatasetLayoutError(f"{root}: no such folder; pass the folder of the {name} release")
-    return IMPORTERS[name](root, **options)
+    return _unique(IMPORTERS[name](root, **options))
+
+
+def _unique(items: Iterator[ManifestRecord | ImportProblem]) -> Iterator[ManifestRecord | ImportProblem]:
+    """Every importer's records with a repeated id (an image listed twice) turned into a problem."""
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, ManifestRecord):
+            if item.id in seen:
+                yield ImportProblem(item.image, f"duplicate id {item.id!r} (the same image listed twice); only "
+                                                "the first is kept", item.id)
+                continue
+            seen.add(item.id)
+        yield item

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from llavarad.errors import LlavaradError
 from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, ManifestRecord
+from llavarad.io.text import iter_csv_rows
 
 __all__ = [
     "ImportProblem",
     "DatasetLayoutError",
     "chexpert_labels",
     "find_file",
+    "good_rows",
     "iter_csv",
     "label_value",
     "normalize_view",
@@ -52,25 +51,39 @@ def find_file(root: Path, names: Sequence[str], what: str) -> Path:
     )
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open(encoding="utf-8-sig", newline="")
+def iter_csv(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, str] | ImportProblem]]:
+    """Stream ``(line_number, row)`` from a CSV (plain or .gz); check the required columns first.
+
+    Read through :func:`llavarad.io.text.iter_csv_rows`: a row that cannot be read (short or long,
+    an unclosed quote, an oversized cell, a NUL) comes back as ``(line, ImportProblem)``, never as a
+    row with missing cells (which would read as "not mentioned"); a damaged .gz raises InputError.
+    """
+    rows = iter_csv_rows(path, width=0)
+    first = next(rows, None)
+    if first is not None and first.fields is None:
+        raise DatasetLayoutError(f"{first.error}: the header row cannot be read")
+    columns = first.fields if first is not None else []
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DatasetLayoutError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns[:12])}"
+            f"{' ...' if len(columns) > 12 else ''}. Is this the official release's file?"
+        )
+    for row in rows:
+        if row.fields is None:
+            yield row.line, ImportProblem(f"{path}:{row.line}", row.error or f"{path}:{row.line}: unreadable row")
+        else:
+            yield row.line, dict(zip(columns, row.fields))
 
 
-def iter_csv(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, str]]]:
-    """Stream ``(line_number, row)`` from a CSV (plain or .gz); check the required columns first."""
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise DatasetLayoutError(
-                f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns[:12])}"
-                f"{' ...' if len(columns) > 12 else ''}. Is this the official release's file?"
-            )
-        for row in reader:
-            yield reader.line_num, row
+def good_rows(rows: Iterator[tuple[int, dict[str, str] | ImportProblem]],
+              problems: list[ImportProblem]) -> Iterator[tuple[int, dict[str, str]]]:
+    """The readable rows of :func:`iter_csv`; the unreadable ones go to ``problems`` (for lookup tables)."""
+    for line, row in rows:
+        if isinstance(row, ImportProblem):
+            problems.append(row)
+        else:
+            yield line, row
 
 
 def label_value(raw: str | None, where: str, column: str) -> float | None:

@@ -36,6 +36,9 @@ def iter_brax(root: str | Path) -> Iterator[ManifestRecord | ImportProblem]:
     root = Path(root)
     path = find_file(root, ["master_spreadsheet_update.csv", "master_spreadsheet.csv"], "BraX master spreadsheet")
     for line, row in iter_csv(path, ["PngPath", "PatientID", "ViewPosition", "No Finding"]):
+        if isinstance(row, ImportProblem):
+            yield row
+            continue
         where = f"{path}:{line}"
         rel = (row.get("PngPath") or "").strip()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from llavarad.data.importers._common import ImportProblem, find_file, iter_csv, normalize_view
+from llavarad.data.importers._common import ImportProblem, find_file, good_rows, iter_csv, normalize_view
 from llavarad.io.manifest import ManifestRecord
 
 __all__ = ["DATASET", "SOURCE_LABELS", "iter_candid_ptx"]
@@ -31,9 +31,9 @@ DATASET = "candid-ptx"
 SOURCE_LABELS: dict[str, str] = {"Pneumothorax": "Pneumothorax", "Rib Fracture": "Fracture", "Chest Tube": "Support Devices"}
 
 
-def _positive_ids(path: Path) -> set[str]:
+def _positive_ids(path: Path, problems: list[ImportProblem]) -> set[str]:
     ids: set[str] = set()
-    for _line, row in iter_csv(path, ["anon_SOPUID"]):
+    for _line, row in good_rows(iter_csv(path, ["anon_SOPUID"]), problems):
         uid = row["anon_SOPUID"].strip()
         if uid:
             ids.add(uid)
@@ -54,13 +54,18 @@ def iter_candid_ptx(root: str | Path, images_dir: str | Path | None = None,
     """Yield one record per image (grouping the per-mask rows of the pneumothorax file)."""
     root = Path(root)
     ptx_path = find_file(root, ["Pneumothorax_reports.csv"], "CANDID-PTX Pneumothorax_reports.csv")
-    fracture = _positive_ids(find_file(root, ["acute_rib_fracture.csv"], "CANDID-PTX acute_rib_fracture.csv"))
-    tube = _positive_ids(find_file(root, ["chest_tube.csv"], "CANDID-PTX chest_tube.csv"))
+    problems: list[ImportProblem] = []
+    fracture = _positive_ids(find_file(root, ["acute_rib_fracture.csv"], "CANDID-PTX acute_rib_fracture.csv"), problems)
+    tube = _positive_ids(find_file(root, ["chest_tube.csv"], "CANDID-PTX chest_tube.csv"), problems)
+    yield from problems
     img_dir = Path(images_dir) if images_dir else next(
         (d for d in (root / "dataset", root / "images") if d.is_dir()), root)
     # Rows of one image are adjacent in the release; a dict keeps the order and is ~20k entries.
     ptx: dict[str, tuple[int, bool]] = {}
     for line, row in iter_csv(ptx_path, ["SOPInstanceUID", "EncodedPixels"]):
+        if isinstance(row, ImportProblem):
+            yield row
+            continue
         uid = row["SOPInstanceUID"].strip()
         if not uid:
             yield ImportProblem(f"{ptx_path}:{line}", f"{ptx_path}:{line}: empty SOPInstanceUID")

@@ -25,7 +25,7 @@ from llavarad.data.importers._common import (
     normalize_view,
     record_or_problem,
 )
-from llavarad.io.manifest import ManifestRecord
+from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, ManifestRecord
 
 __all__ = ["DATASET", "iter_chexpert"]
 
@@ -49,7 +49,11 @@ def iter_chexpert(root: str | Path) -> Iterator[ManifestRecord | ImportProblem]:
     except ValueError:
         pass  # the validation file is optional for pre-training
     for split, path in files:
-        for line, row in iter_csv(path, ["Path", "Frontal/Lateral", "AP/PA", "No Finding"]):
+        # every observation column is required: a missing one would read as "not mentioned" for every image
+        for line, row in iter_csv(path, ["Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_OBSERVATIONS]):
+            if isinstance(row, ImportProblem):
+                yield row
+                continue
             where = f"{path}:{line}"
             rel = row["Path"].strip()
 

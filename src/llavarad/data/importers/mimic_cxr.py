@@ -25,6 +25,7 @@ from llavarad.data.importers._common import (
     ImportProblem,
     chexpert_labels,
     find_file,
+    good_rows,
     iter_csv,
     normalize_view,
 )
@@ -51,6 +52,9 @@ def _find_reports_dir(root: Path) -> Path | None:
 
 def _label_rows(path: Path, problems: list[ImportProblem]) -> Iterator[tuple[str, dict[str, float | None]]]:
     for line, row in iter_csv(path, ["subject_id", "study_id"]):
+        if isinstance(row, ImportProblem):
+            problems.append(row)
+            continue
         where = f"{path}:{line}"
         try:
             yield f"{row['subject_id']}/{row['study_id']}", chexpert_labels(row, where)
@@ -74,14 +78,17 @@ def iter_mimic_cxr(root: str | Path, reports_dir: str | Path | None = None,
             f"{root}: no report texts found (looked for mimic-cxr-reports/files/p*/p*/s*.txt); pass "
             "reports_dir= / --reports the 'files' folder of MIMIC-CXR's mimic-cxr-reports.zip")
     with DiskIndex() as splits, DiskIndex() as labels:
-        splits.put_many((row["dicom_id"], row["split"]) for _l, row in
-                        iter_csv(split_csv, ["dicom_id", "study_id", "subject_id", "split"]))
         label_problems: list[ImportProblem] = []
+        splits.put_many((row["dicom_id"], row["split"]) for _l, row in
+                        good_rows(iter_csv(split_csv, ["dicom_id", "study_id", "subject_id", "split"]), label_problems))
         if label_csv is not None:
             labels.put_many(_label_rows(label_csv, label_problems))
         yield from label_problems
         last_study: tuple[str, Sections | None, str | None] = ("", None, None)
         for line, row in iter_csv(meta, ["dicom_id", "subject_id", "study_id", "ViewPosition"]):
+            if isinstance(row, ImportProblem):
+                yield row
+                continue
             where = f"{meta}:{line}"
             dicom, subject, study = row["dicom_id"].strip(), row["subject_id"].strip(), row["study_id"].strip()
             split = splits.get(dicom)

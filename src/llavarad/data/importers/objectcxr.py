@@ -38,6 +38,9 @@ def iter_objectcxr(root: str | Path) -> Iterator[ManifestRecord | ImportProblem]
         folder = root / stem
         archive = root / f"{stem}.zip"
         for line, row in iter_csv(path, ["image_name", "annotation"]):
+            if isinstance(row, ImportProblem):  # a short row must not read as "no foreign object"
+                yield row
+                continue
             name = row["image_name"].strip()
             if not name:
                 yield ImportProblem(f"{path}:{line}", f"{path}:{line}: empty image_name")

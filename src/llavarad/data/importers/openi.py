@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from llavarad.data.importers._common import DatasetLayoutError, ImportProblem, iter_csv, normalize_view
+from llavarad.data.importers._common import DatasetLayoutError, ImportProblem, good_rows, iter_csv, normalize_view
 from llavarad.data.sections import normalize_whitespace
 from llavarad.io.manifest import ManifestRecord
 
@@ -68,11 +68,11 @@ def _iter_xml(reports: Path) -> Iterator[tuple[str, bytes]]:
         raise DatasetLayoutError(f"{reports}: not a folder of Open-I XMLs nor NLMCXR_reports.tgz")
 
 
-def _views(meta_csv: Path | None) -> dict[str, str | None]:
+def _views(meta_csv: Path | None, problems: list[ImportProblem]) -> dict[str, str | None]:
     if meta_csv is None:
         return {}
     return {row["imageid"].strip(): normalize_view(row.get("View Position"))
-            for _line, row in iter_csv(meta_csv, ["imageid", "View Position"])}
+            for _line, row in good_rows(iter_csv(meta_csv, ["imageid", "View Position"]), problems)}
 
 
 def iter_openi(root: str | Path, reports: str | Path | None = None, images_dir: str | Path | None = None,
@@ -87,7 +87,9 @@ def iter_openi(root: str | Path, reports: str | Path | None = None, images_dir: 
     if metadata_csv is None:
         metadata_csv = next((p for p in (root / "nlmcxr_dicom_metadata.csv", root / "nlmcxr_dicom_metadata.csv.gz")
                              if p.is_file()), None)
-    views = _views(Path(metadata_csv) if metadata_csv else None)
+    meta_problems: list[ImportProblem] = []
+    views = _views(Path(metadata_csv) if metadata_csv else None, meta_problems)
+    yield from meta_problems
     for where, data in _iter_xml(Path(reports)):
         try:
             uid, sections, images, mesh = parse_openi_xml(data, where)

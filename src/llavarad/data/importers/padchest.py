@@ -43,6 +43,9 @@ def iter_padchest(root: str | Path, csv_path: str | Path | None = None) -> Itera
     root = Path(root)
     path = Path(csv_path) if csv_path else find_file(root, [CSV_NAME], "PadChest label CSV")
     for line, row in iter_csv(path, ["ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "Report"]):
+        if isinstance(row, ImportProblem):
+            yield row
+            continue
         where = f"{path}:{line}"
         image_id = row["ImageID"].strip()
         if not image_id:

@@ -135,7 +135,7 @@ def iter_reports(path: str | Path, join: JoinKey = "accession", fmt: ReportForma
         raise ValueError(f"format {fmt!r}: use one of {', '.join(REPORT_FORMATS)}")
 
 
-def _table_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _table_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | ImportProblem]]:
     if fmt == "csv":
         yield from iter_csv(path)
         return
@@ -151,6 +151,9 @@ def _iter_table(path: Path, join: JoinKey, fmt: str, columns: ReportColumns) -> 
     key_col: str | None = None
     for line, row in _table_rows(path, fmt):
         where = f"{path}:{line}"
+        if isinstance(row, ImportProblem):  # an unreadable CSV row, named by io.text
+            yield row
+            continue
         if not isinstance(row, dict):
             yield ImportProblem(where, f"{where}: expected a JSON object, got {type(row).__name__}")
             continue

@@ -76,6 +76,9 @@ def iter_vindr(root: str | Path, min_votes: int = 1, image_ext: str = ".dicom") 
     votes: dict[str, dict[str, int]] = {}
     readers: dict[str, set[tuple[str, str]]] = {}
     for line, row in iter_csv(kaggle, ["image_id", "class_name", "rad_id"]):
+        if isinstance(row, ImportProblem):
+            yield row
+            continue
         image_id, name = row["image_id"].strip(), row["class_name"].strip()
         if not image_id or (name not in KAGGLE_CLASSES and name != _NO_FINDING):
             yield ImportProblem(f"{kaggle}:{line}", f"{kaggle}:{line}: bad image_id {image_id!r} or class_name {name!r}")
@@ -90,19 +93,40 @@ def iter_vindr(root: str | Path, min_votes: int = 1, image_ext: str = ".dicom") 
 
 
 def _iter_physionet(path: Path, split: str, folder: Path, min_votes: int, ext: str) -> Iterator[ManifestRecord | ImportProblem]:
+    """One record per image; a reader's repeated row counts once, an image with a bad cell gets no record."""
     votes: dict[str, dict[str, int]] = {}
     classes: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    bad: set[str] = set()
     for line, row in iter_csv(path, ["image_id"]):
+        if isinstance(row, ImportProblem):
+            yield row
+            continue
         if not classes:
             classes = [c for c in row if c not in ("image_id", "rad_id", "rad_ID", _NO_FINDING)]
+            if not classes:  # otherwise every image would be written as "No finding"
+                raise DatasetLayoutError(f"{path}: no label columns besides image_id/rad_id; is this "
+                                         "annotations/image_labels_*.csv of VinDr-CXR?")
         image_id = row["image_id"].strip()
+        where = f"{path}:{line}"
+        reader = (row.get("rad_id") or row.get("rad_ID") or "").strip()
+        if (image_id, reader) in seen:
+            yield ImportProblem(where, f"{where}: reader {reader!r} already read {image_id} on line "
+                                       f"{seen[image_id, reader]}; the repeated row is not counted again", image_id)
+            continue
+        seen[image_id, reader] = line
         per_image = votes.setdefault(image_id, {})
-        for name in classes:
-            cell = (row.get(name) or "").strip()
-            if cell not in ("", "0", "1", "0.0", "1.0"):
-                yield ImportProblem(f"{path}:{line}", f"{path}:{line}: column {name!r} has {cell!r}; expected 0 or 1", image_id)
-                continue
+        cells = {name: (row.get(name) or "").strip() for name in classes}
+        odd = {name: cell for name, cell in cells.items() if cell not in ("", "0", "1", "0.0", "1.0")}
+        if odd:
+            bad.add(image_id)
+            name, cell = next(iter(odd.items()))
+            yield ImportProblem(where, f"{where}: column {name!r} has {cell!r}; expected 0 or 1 (the image is "
+                                       "not written)", image_id)
+            continue
+        for name, cell in cells.items():
             if cell in ("1", "1.0"):
                 per_image[name] = per_image.get(name, 0) + 1
     for image_id, per_image in votes.items():
-        yield _record(image_id, split, folder, ext, per_image, classes, min_votes)
+        if image_id not in bad:
+            yield _record(image_id, split, folder, ext, per_image, classes, min_votes)
