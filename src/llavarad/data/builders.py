@@ -198,7 +198,12 @@ def build_cxr697k(manifests: Iterable[str | Path], out_path: str | Path, *,
             if rec.dataset in LABEL_DATASETS:
                 items = _label_items(rec)
                 st.label_types.update(k for k, v in items.items())
-                text, source = synthesize_report(items, rec.id, seed).text, "label_template"
+                try:
+                    text, source = synthesize_report(items, rec.id, seed).text, "label_template"
+                except ValueError as exc:  # unknown or contradictory labels: counted, never written as text
+                    logger.warning("%s: %s", rec.id, exc)
+                    st.excluded["unusable labels"] += 1
+                    continue
             elif rec.dataset == "padchest":
                 text, source, seen = _llm_findings(llm, rec, ("translate",))
                 if not seen:

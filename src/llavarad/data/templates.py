@@ -100,6 +100,15 @@ CONDITION_PHRASES: dict[str, str] = {
     # object-CXR
     "foreign object": "foreign object",
 }
+#: Labels written with their own (lower-cased) name: the CheXpert observations and the VinDr-CXR
+#: classes that need no rephrasing. A name neither here nor in CONDITION_PHRASES is refused.
+_AS_IS = frozenset({
+    "cardiomegaly", "lung lesion", "lung opacity", "edema", "consolidation", "pneumonia", "atelectasis",
+    "pneumothorax", "pleural effusion", "calcification", "clavicle fracture", "emphysema", "enlarged pa",
+    "infiltration", "lung cavity", "lung cyst", "mediastinal shift", "lung tumor", "tuberculosis",
+})
+#: Positive labels that do not contradict "No Finding" (devices are not findings, as in CheXpert).
+_NOT_A_FINDING = frozenset({"support devices", "chest tube", "foreign object"})
 _NO_FINDING = frozenset({"no finding", "no findings"})
 _PLEURAL_OTHER = frozenset({"pleural other", "pleural others"})
 
@@ -137,6 +146,24 @@ def _value(v: object) -> int | None:
     return int(f)
 
 
+def _check_labels(labels: Mapping[str, object]) -> None:
+    """Refuse a label name no template knows and "No Finding" = 1 beside a positive or uncertain finding."""
+    if not isinstance(labels, Mapping):
+        raise ValueError(f"expected a mapping {{label: 1, 0, -1 or blank}}, got {type(labels).__name__}")
+    known = set(CONDITION_PHRASES) | _AS_IS | _NO_FINDING | _PLEURAL_OTHER
+    unknown = [str(n) for n in labels if not isinstance(n, str) or n.strip().lower() not in known]
+    if unknown:
+        raise ValueError(f"unknown label(s) {', '.join(map(repr, unknown[:5]))}: no template names them; use the "
+                         "CheXpert observations or a dataset's classes (e.g. 'Cardiomegaly', 'Pleural Effusion')")
+    values = {n.strip().lower(): _value(v) for n, v in labels.items()}
+    if any(values.get(n) == 1 for n in _NO_FINDING):
+        found = [n for n, v in labels.items() if values[n.strip().lower()] in (1, -1)
+                 and n.strip().lower() not in _NO_FINDING | _NOT_A_FINDING]
+        if found:
+            raise ValueError(f"'No Finding' is 1 but {', '.join(map(repr, found[:5]))} is positive or uncertain; "
+                             "the labels contradict each other")
+
+
 def synthesize_report(labels: Mapping[str, object], key: str, seed: int = 0) -> TemplateResult:
     """Write a synthetic findings paragraph from labels (Supplementary Table 5).
 
@@ -151,8 +178,10 @@ def synthesize_report(labels: Mapping[str, object], key: str, seed: int = 0) -> 
         that the record has no text rather than dropping it silently).
 
     Raises:
-        ValueError: a label value is not 1, 0, -1 or blank (names the value).
+        ValueError: a label value is not 1, 0, -1 or blank (names the value), a label name has no
+            template, or "No Finding" is 1 beside a positive or uncertain finding.
     """
+    _check_labels(labels)
     rng = random.Random(f"{seed}:{key}")
     sentences: list[str] = []
     counts = {1: 0, 0: 0, -1: 0}
