@@ -86,12 +86,11 @@ def section_cmd(report: Path | None, evaluate_csv: Path | None, merged_to: str, 
                        f"{r['all']:.2%} of all")
         return
     if report is None:
-        text = click.get_text_stream("stdin").read()
+        text = click.get_text_stream("stdin").read(16 << 20)
     else:
-        try:
-            text = report.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise click.ClickException(f"{report}: cannot read ({exc.strerror or exc})") from exc
+        from llavarad.io.text import read_text
+
+        text = read_text(report, what="report")  # bounded: a FIFO, /dev/zero or a huge file is refused by name
     s = split_sections(text, cfg)
     click.echo(json.dumps({**s.as_dict(), "other": s.other, "merged": s.merged}, indent=2, ensure_ascii=False))
 

@@ -8,12 +8,14 @@ and compared section by section after whitespace normalisation. Used by the test
 
 from __future__ import annotations
 
-import csv
+import logging
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from llavarad.data.sections import SECTION_NAMES, SectionerConfig, normalize_whitespace, split_sections
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["EVAL_SECTIONS", "read_separated_reports", "rejoin_report", "section_agreement"]
 
@@ -31,13 +33,17 @@ _PREAMBLES = ("", "", "FINAL REPORT\n", "EXAMINATION: CHEST (PA AND LAT)\n", "CH
 
 
 def read_separated_reports(path: str | Path) -> list[dict[str, str]]:
-    """Read an Open-I style CSV with indication, comparison, findings, impression columns."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    missing = [c for c in EVAL_SECTIONS if rows and c not in rows[0]]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(EVAL_SECTIONS)}")
-    return rows
+    """Read an Open-I style CSV with indication, comparison, findings, impression columns.
+
+    Read through :func:`llavarad.io.text.read_csv`: a missing column is an InputError naming the
+    columns found; unreadable rows are logged with their line and left out of the measurement.
+    """
+    from llavarad.io.text import read_csv
+
+    table = read_csv(path, required=EVAL_SECTIONS)
+    for _line, error in table.problems:
+        logger.warning("%s (not measured)", error)
+    return [row for _line, row in table.rows]
 
 
 def rejoin_report(sections: Mapping[str, str | None], rng: random.Random) -> str:
