@@ -81,6 +81,9 @@ class DemoConfig:
     coded_images: bool = False
     shared_from: Path | None = None
     num_examples: int = 4
+    #: where stages 2-3 and generation run (stage 1 takes the GPU whenever one is visible); the GPU
+    #: recipe of benchmarks/gpu_suite.sh sets cuda (bf16 training, the model's inference dtype)
+    device: Literal["cpu", "cuda"] = "cpu"
 
     def phantom_config(self):
         """The :class:`~llavarad.phantom.PhantomConfig` of the demo's data set."""
@@ -253,14 +256,16 @@ def _train_common(cfg: DemoConfig, model: Path, manifest: Path, out: Path) -> di
     per_device = cfg.batch_size
     return dict(model=str(model), train_manifest=str(manifest), output_dir=str(out), global_batch_size=per_device,
                 per_device_batch_size=per_device, warmup_ratio=0.03, max_length=512, logging_steps=10,
-                eval_steps=0, save_steps=100, save_total_limit=1, num_workers=0, device="cpu", precision="fp32",
+                eval_steps=0, save_steps=100, save_total_limit=1, num_workers=0, device=cfg.device,
+                precision="bf16" if cfg.device == "cuda" else "fp32",
                 gradient_checkpointing=False, seed=cfg.seed)
 
 
 def _generate(model: Path, test_manifest: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from llavarad.generate import GenerationSettings, run_generation
 
-    summary = run_generation(model, test_manifest, out, device="cpu", dtype="float32",
+    summary = run_generation(model, test_manifest, out, device=cfg.device,
+                             dtype="auto" if cfg.device == "cuda" else "float32",
                              settings=GenerationSettings(max_new_tokens=cfg.max_new_tokens, batch_size=32))
     return summary.to_dict()
 
