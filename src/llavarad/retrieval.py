@@ -13,8 +13,14 @@ Ranks: the rank of a query's match is 1 + the number of *other* candidates scori
 verbatim, and ranking one copy above another says nothing about the encoder. ``"pair"`` counts
 only the query's own pair.
 
-Embeddings are cached as ``.npz`` keyed by a hash of the encoder folder's weights, the manifest's
-bytes, the split and the dtype, so re-running a table with one more encoder only encodes that one.
+Embeddings are cached as ``.npz`` keyed by a hash of the encoder folder's weights, the dtype and
+the *content* of the evaluated pairs (each id, report text and the SHA-256 of each image file's
+bytes), so re-running a table with one more encoder only encodes that one, an image replaced under
+the same path is encoded again, and a dataset moved to another folder still hits the cache.
+
+Records the manifest cannot give a pair for are left out and listed with their reason
+(``skipped_records``): no report text, or an id seen before (the first record of an id is kept;
+the CLI names these and exits 1, since two images under one id make the table ambiguous).
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ __all__ = [
     "encoder_hash",
     "evaluate_encoder",
     "file_hash",
+    "items_hash",
     "load_retrieval_pairs",
     "rank_metrics",
     "run_retrieval",
+    "skipped_summary",
     "validation_metrics",
     "write_tables",
 ]
@@ -84,6 +92,20 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     with Path(path).open("rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def items_hash(items: Sequence[tuple[str, str, str]]) -> str:
+    """SHA-256 over the ``(id, image path, text)`` items' ids, texts and image *bytes* (not paths);
+    an unreadable image file enters as its error kind, so it is retried once it appears."""
+    h = hashlib.sha256()
+    for item_id, path, text in items:
+        try:
+            digest = file_hash(path)
+        except OSError as exc:
+            digest = f"unreadable:{type(exc).__name__}"
+        h.update(json.dumps([item_id, text, digest], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
     return h.hexdigest()
 
 
@@ -199,8 +221,8 @@ def validation_metrics(clip, items: Sequence[tuple[str, str, str]], batch_size: 
                                         n_failed=len(enc.failures))
 
 
-def _cache_path(cache_dir: Path, enc_hash: str, manifest_hash: str, split: str | None, dtype: str) -> Path:
-    key = hashlib.sha256(f"{enc_hash}|{manifest_hash}|{split}|{dtype}".encode()).hexdigest()[:24]
+def _cache_path(cache_dir: Path, enc_hash: str, content_hash: str, dtype: str) -> Path:
+    key = hashlib.sha256(f"{enc_hash}|{content_hash}|{dtype}".encode()).hexdigest()[:24]
     return cache_dir / f"emb_{key}.npz"
 
 
@@ -223,19 +245,21 @@ def _save_cache(path: Path, enc: EncodedSet) -> None:
     tmp.replace(path)
 
 
-def evaluate_encoder(clip_dir: str | Path, items: Sequence[tuple[str, str, str]], *, manifest_hash: str,
-                     split: str | None, cache_dir: str | Path | None, batch_size: int = 32, device: str = "auto",
+def evaluate_encoder(clip_dir: str | Path, items: Sequence[tuple[str, str, str]], *, content_hash: str | None = None,
+                     cache_dir: str | Path | None, batch_size: int = 32, device: str = "auto",
                      dtype: str = "auto", positives: Literal["same_text", "pair"] = "same_text",
                      n_resamples: int = 500, seed: int = 0,
                      progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Encode ``items`` with one CLIP folder (or reuse cached embeddings) and compute its metrics."""
+    """Encode ``items`` with one CLIP folder (or reuse embeddings cached for the same encoder and
+    the same content, :func:`items_hash`; computed here when ``content_hash`` is not given) and
+    compute its metrics."""
     from llavarad.model.clip import load_clip
 
     enc_hash = encoder_hash(clip_dir)
     cached = None
     path = None
     if cache_dir is not None:
-        path = _cache_path(Path(cache_dir), enc_hash, manifest_hash, split, dtype)
+        path = _cache_path(Path(cache_dir), enc_hash, content_hash or items_hash(items), dtype)
         cached = _load_cache(path) if path.is_file() else None
     if cached is None:
         clip = load_clip(clip_dir, device=device, dtype=dtype)
@@ -297,20 +321,23 @@ def run_retrieval(manifest: str | Path, encoders: Sequence[str | Path], out_dir:
     if not items:
         raise RetrievalError(f"{manifest}: no records with report text in split {split!r}; "
                              "pick another --split (or 'all')")
-    if skipped:
-        logger.warning("%d records have no findings/impression text and are left out", len(skipped))
+    for reason in sorted({s["reason"] for s in skipped}):
+        ids = [s["id"] for s in skipped if s["reason"] == reason]
+        logger.warning("%d records left out (%s): %s", len(ids), reason, ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""))
     mhash = file_hash(manifest)
+    content = items_hash(items)
     cache = Path(cache_dir) if cache_dir is not None else out / "embedding_cache"
     results: dict[str, Any] = {}
     for name, folder in zip(names, encoders):
         progress = progress_factory(name, len(items)) if progress_factory else None
-        results[name] = evaluate_encoder(folder, items, manifest_hash=mhash, split=split, cache_dir=cache,
+        results[name] = evaluate_encoder(folder, items, content_hash=content, cache_dir=cache,
                                          batch_size=batch_size, device=device, dtype=dtype, positives=positives,
                                          n_resamples=n_resamples, seed=seed, progress=progress)
     report = {
         "n": len(items),
         "manifest": str(manifest),
         "manifest_sha256": mhash,
+        "content_sha256": content,
         "split": split,
         "skipped_records": skipped,
         "encoders": results,
@@ -320,6 +347,16 @@ def run_retrieval(manifest: str | Path, encoders: Sequence[str | Path], out_dir:
     }
     write_tables(report, out)
     return report
+
+
+def skipped_summary(skipped: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per reason a record was left out, naming a few ids (for the table and the CLI)."""
+    lines = []
+    for reason in sorted({s["reason"] for s in skipped}):
+        ids = [str(s["id"]) for s in skipped if s["reason"] == reason]
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        lines.append(f"{len(ids)} record(s) left out ({reason}): {shown}.")
+    return lines
 
 
 def _fmt(m: dict[str, float], digits: int = 1) -> str:
@@ -371,8 +408,7 @@ def write_tables(report: dict[str, Any], out_dir: str | Path) -> None:
     failed = {name: len(r["failures"]) for name, r in report["encoders"].items() if r["failures"]}
     if failed or report["skipped_records"]:
         lines.append("")
-        if report["skipped_records"]:
-            lines.append(f"{len(report['skipped_records'])} records without report text were left out.")
+        lines.extend(skipped_summary(report["skipped_records"]))
         for name, count in failed.items():
             lines.append(f"{name}: {count} pairs with unreadable images were left out (see retrieval.json).")
     (out / "retrieval.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

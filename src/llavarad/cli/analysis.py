@@ -36,8 +36,9 @@ def retrieval(ctx: click.Context, manifest: str, encoders: tuple[str, ...], name
     """Image<->report retrieval: Recall@1/5/10, mean/median rank, both directions, with bootstrap CIs.
 
     Each image ranks every report of the split (image->text) and each report every image
-    (text->image); encoders are compared side by side in one table. Embeddings are cached, so
-    adding an encoder to the table only encodes that one.
+    (text->image); encoders are compared side by side in one table. Embeddings are cached by
+    encoder and image content, so adding an encoder to the table only encodes that one, and a
+    replaced image is encoded again. Exit code 1 when an image cannot be read or an id repeats.
 
     \b
     Example:
@@ -50,7 +51,7 @@ def retrieval(ctx: click.Context, manifest: str, encoders: tuple[str, ...], name
 
     from llavarad.io.manifest import ManifestError
     from llavarad.model.clip import ClipFolderError
-    from llavarad.retrieval import RetrievalError, run_retrieval
+    from llavarad.retrieval import RetrievalError, run_retrieval, skipped_summary
 
     if names and len(names) != len(encoders):
         raise click.BadParameter(f"{len(names)} --name for {len(encoders)} --encoder; give one per encoder or none",
@@ -89,9 +90,14 @@ def retrieval(ctx: click.Context, manifest: str, encoders: tuple[str, ...], name
                       f"{chance['R@10']:.1f}", "", "")
     Console().print(table)
     failed = sum(len(r["failures"]) for r in report["encoders"].values())
-    if report["skipped_records"]:
-        click.echo(f"{len(report['skipped_records'])} records without report text were left out.", err=True)
+    for line in skipped_summary(report["skipped_records"]):
+        click.echo(line, err=True)
+    duplicates = [s for s in report["skipped_records"] if s["reason"].startswith("duplicate id")]
     click.echo(f"wrote {out_dir}/retrieval.json, .csv and .md")
     if failed:
         click.echo(f"{failed} image(s) could not be read and were left out; see retrieval.json 'failures'.", err=True)
+    if duplicates:
+        click.echo(f"{len(duplicates)} record(s) repeat an id of an earlier record; only the first of each id was "
+                   "scored. Give every record its own id.", err=True)
+    if failed or duplicates:
         ctx.exit(1)
