@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llavarad.io.images import detect_format
+
 __all__ = ["HEADER_TAGS", "Classified", "classify", "iter_files", "read_header", "read_headers"]
 
 #: The attributes read from each file (everything else, pixel data included, is never parsed).
@@ -26,6 +28,7 @@ HEADER_TAGS: tuple[str, ...] = (
     "ProtocolName", "ImageLaterality", "Laterality",
 )
 _STRING_TAGS = tuple(t for t in HEADER_TAGS if t != "ViewCodeSequence")
+_TAG_LIST = list(HEADER_TAGS)
 
 _SECONDARY_CAPTURE = ("1.2.840.10008.5.1.4.1.1.7",)  # and its multi-frame .7.1-.7.4 children
 _FOR_PROCESSING = {"1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.3.1"}
@@ -73,30 +76,31 @@ def _text(value: Any) -> str | None:
 
 def read_header(root: str, rel: str) -> dict[str, Any]:
     """The header fields of one file as a JSON-ready dict, or ``status`` not_dicom / unreadable."""
-    from llavarad.io.images import detect_format
+    import pydicom
 
     path = os.path.join(root, rel)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; one open serves the sniff and the parse
     except OSError as exc:
         return {"path": rel, "status": "unreadable", "error": f"cannot open ({exc.strerror or exc})"}
-    if detect_format(head) != "dicom":
-        return {"path": rel, "status": "not_dicom", "error": "not a DICOM file (no DICM marker, no DICOM elements)"}
-    import pydicom
-
-    try:
-        with open(path, "rb") as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=list(HEADER_TAGS))
+    with fh:
+        if detect_format(fh.read(132)) != "dicom":
+            return {"path": rel, "status": "not_dicom", "error": "not a DICOM file (no DICM marker, no DICOM elements)"}
+        fh.seek(0)
+        out: dict[str, Any] = {"path": rel, "status": "ok", **dict.fromkeys(_STRING_TAGS), "ViewCodeMeaning": None}
+        try:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=_TAG_LIST)
             # reading stops at the pixel data; a file that ends first is truncated (or holds no image)
             truncated = fh.tell() >= os.fstat(fh.fileno()).st_size
-        out: dict[str, Any] = {"path": rel, "status": "ok"}
-        for tag in _STRING_TAGS:
-            out[tag] = _text(ds.get(tag))
-        codes = ds.get("ViewCodeSequence") or []
-        out["ViewCodeMeaning"] = next((_text(c.get("CodeMeaning")) for c in codes if _text(c.get("CodeMeaning"))), None)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files; each is a problem row
-        return {"path": rel, "status": "unreadable", "error": f"unreadable DICOM header ({type(exc).__name__}: {exc})"}
+            for elem in ds:  # one pass over the few elements read; no per-keyword lookups
+                if elem.keyword == "ViewCodeSequence":
+                    out["ViewCodeMeaning"] = next((_text(c.get("CodeMeaning")) for c in elem.value or []
+                                                   if _text(c.get("CodeMeaning"))), None)
+                elif elem.keyword in out:
+                    out[elem.keyword] = _text(elem.value)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files; each is a problem row
+            return {"path": rel, "status": "unreadable",
+                    "error": f"unreadable DICOM header ({type(exc).__name__}: {exc})"}
     if not any(out.get(t) for t in ("SOPInstanceUID", "StudyInstanceUID", "Modality")):
         return {"path": rel, "status": "unreadable", "error": "no DICOM elements could be read (truncated or corrupt)"}
     if truncated and (out.get("Modality") or "").upper() in ("CR", "DX", ""):

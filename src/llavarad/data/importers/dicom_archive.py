@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -121,6 +122,7 @@ class ImportSummary:
     problems: dict[str, int] = field(default_factory=dict)
     excluded: int = 0
     paths: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -160,8 +162,11 @@ def import_dicom_archive(root: str | Path, reports: str | Path, out: str | Path,
     try:
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
+        t0 = time.perf_counter()
         summary.headers_read_now = _scan_headers(db, root, paths["state"], cfg, progress)
+        t1 = time.perf_counter()
         assemble(db, root, Path(reports), paths, cfg, summary, progress)
+        summary.seconds = {"headers": round(t1 - t0, 3), "assemble": round(time.perf_counter() - t1, 3)}
     finally:
         db.close()
         db_name.unlink(missing_ok=True)
