@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from llavarad.data.importers._common import DatasetLayoutError, ImportProblem, good_rows, iter_csv, normalize_view
 from llavarad.data.sections import normalize_whitespace
+from llavarad.errors import InputError
 from llavarad.io.manifest import ManifestRecord
 
 __all__ = ["DATASET", "iter_openi", "parse_openi_xml"]
@@ -58,12 +60,17 @@ def _iter_xml(reports: Path) -> Iterator[tuple[str, bytes]]:
         for path in paths:
             yield str(path), path.read_bytes()
     elif reports.is_file() and reports.name.endswith((".tgz", ".tar.gz", ".tar")):
-        with tarfile.open(reports, "r:*") as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".xml"):
-                    fh = tar.extractfile(member)
-                    if fh is not None:
-                        yield f"{reports}::{member.name}", fh.read()
+        try:
+            with tarfile.open(reports, "r:*") as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".xml"):
+                        fh = tar.extractfile(member)
+                        if fh is not None:
+                            yield f"{reports}::{member.name}", fh.read()
+        except (tarfile.TarError, EOFError, zlib.error) as exc:  # EOFError would otherwise read as Ctrl-C
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            raise InputError(f"{reports}: damaged or truncated archive ({why}); "
+                             "re-download NLMCXR_reports.tgz") from exc
     else:
         raise DatasetLayoutError(f"{reports}: not a folder of Open-I XMLs nor NLMCXR_reports.tgz")
 
