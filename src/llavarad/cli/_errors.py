@@ -62,8 +62,8 @@ def _is_damaged_archive(exc: BaseException) -> bool:
 
 def _message(exc: BaseException) -> tuple[str, bool]:
     """The one line for ``exc`` and whether it is an unforeseen error (then -v is suggested)."""
-    if isinstance(exc, LlavaradError):
-        return str(exc), False
+    if isinstance(exc, LlavaradError) or type(exc).__module__.startswith("llavarad."):
+        return str(exc), False  # raised on purpose by the library, with a message for the user
     if _is_damaged_archive(exc):
         return f"damaged or truncated input ({type(exc).__name__}: {exc or 'unexpected end of data'}); " \
                "re-download or re-copy the file", False
