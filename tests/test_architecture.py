@@ -23,10 +23,7 @@ KNOWN_OFFENDERS: set[str] = {
     "llavarad/generate.py",  # run_generation()
     "llavarad/io/_dicom.py",  # render_dicom()
     "llavarad/model/_convert_vision.py",  # timm_trunk_to_dinov2()
-    "llavarad/model/clip.py",
     "llavarad/model/convert.py",  # convert_release()
-    "llavarad/phantom/__init__.py",
-    "llavarad/phantom/_draw.py",  # and _anatomy()
     "llavarad/phantom/demo.py",  # run_demo()
 }
 

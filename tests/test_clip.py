@@ -240,7 +240,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
 def test_per_process_shares_average_to_the_global_loss_and_gradients():
     """In-process check of the weighting: processes holding 3 and 5 pairs, each scoring its rows
     against all 8 columns, average (as DDP does) to the loss and gradients of one 8 x 8 batch."""
-    from llavarad.model.clip import _local_loss
+    from llavarad.model.contrastive import _local_loss
 
     raw_img, raw_txt = _data()
     img, txt = raw_img.clone().requires_grad_(True), raw_txt.clone().requires_grad_(True)

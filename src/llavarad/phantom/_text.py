@@ -17,7 +17,7 @@ import numpy as np
 from llavarad.io.manifest import CHEXPERT_OBSERVATIONS
 
 if TYPE_CHECKING:
-    from llavarad.phantom import FindingSpec, PhantomSpec
+    from llavarad.phantom._spec import FindingSpec, PhantomSpec
 
 __all__ = ["FINDING_OBSERVATION", "Report", "finding_entries", "write_report"]
 

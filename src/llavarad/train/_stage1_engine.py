@@ -6,7 +6,7 @@ clipping, checkpoints with RNG state, exact resume, DDP/DeepSpeed/FSDP through a
 stages 2 and 3. What stage 1 adds:
 
 * :class:`ContrastiveTrainer` - ``compute_loss`` is the global-batch InfoNCE of
-  :func:`llavarad.model.clip.contrastive_loss` (negatives gathered from every process *with*
+  :func:`llavarad.model.contrastive.contrastive_loss` (negatives gathered from every process *with*
   gradients), the sampler is the seeded :class:`~llavarad.train._stage1_data.EpochSampler`, weight
   decay spares gains, biases, position embeddings and the temperature, the schedule warms up as
   open_clip's does, and ``evaluate`` computes retrieval metrics on the validation pairs;
@@ -186,7 +186,7 @@ class ContrastiveTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Global-batch InfoNCE of this process's pairs; ``inputs`` from the stage-1 collator."""
-        from llavarad.model.clip import contrastive_loss
+        from llavarad.model.contrastive import contrastive_loss
 
         self._record(inputs.pop("bad"), int(inputs.pop("n_truncated")))
         inputs.pop("ids", None)

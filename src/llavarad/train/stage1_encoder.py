@@ -4,7 +4,7 @@ One entry point, :func:`run_stage1`, driven by a :class:`Stage1Config` (YAML und
 The engine is the Hugging Face ``Trainer``, as for stages 2 and 3 (the contrastive loss, sampler and
 validation are in :mod:`llavarad.train._stage1_engine`), so the same code trains on one CPU, on one
 GPU and on many GPUs with DDP, DeepSpeed or FSDP (pick with ``accelerate launch --config_file ...``).
-Negatives come from the whole global batch (:func:`llavarad.model.clip.contrastive_loss`).
+Negatives come from the whole global batch (:func:`llavarad.model.contrastive.contrastive_loss`).
 
 Output folder (``output_dir``)::
 
