@@ -52,14 +52,16 @@ def test_tokenize_prompt_chunks_separately_with_one_bos(tok):
     assert ids.count(t.bos_token_id) == 1 and ids.count(image_id) == 5
 
 
-def test_v1_ids_follow_the_release_rule_with_a_sentencepiece_tokenizer(tmp_path):
-    """With a LLaMA-style sentencepiece model, the chunk after the image starts with the prefix piece
-    before the newline byte, exactly as the release's per-chunk tokenization produced."""
+@pytest.fixture(scope="module", params=[True, False], ids=["legacy", "non-legacy"])
+def sp_tokenizer(request, tmp_path_factory):
+    """A LLaMA-style sentencepiece tokenizer (byte fallback, dummy prefix) loaded as transformers does,
+    with ``<image>`` added; returns ``(hf_tokenizer, sentencepiece_processor, image_id)``."""
     spm = pytest.importorskip("sentencepiece")
     from transformers import AutoTokenizer
 
     from llavarad.model.tokenizer import DEFAULT_CORPUS
 
+    tmp_path = tmp_path_factory.mktemp("sp")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(list(DEFAULT_CORPUS) * 20))
     spm.SentencePieceTrainer.train(
@@ -71,17 +73,54 @@ def test_v1_ids_follow_the_release_rule_with_a_sentencepiece_tokenizer(tmp_path)
     (tmp_path / "sp.model").rename(folder / "tokenizer.model")
     (folder / "tokenizer_config.json").write_text(
         '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", '
-        '"legacy": true, "add_bos_token": true}')
+        f'"legacy": {str(request.param).lower()}, "add_bos_token": true}}')
     hf = AutoTokenizer.from_pretrained(folder)
     image_id = add_image_token(hf)
-    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    return hf, spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")), image_id
+
+
+def _per_chunk(sp, prompt, n_image, image_id):
+    """The release's rule with raw sentencepiece: BOS, chunk before, image ids, chunk after."""
+    before, after = prompt.split("<image>")
+    return [1] + sp.encode(before) + [image_id] * n_image + sp.encode(after)
+
+
+def test_v1_ids_follow_the_release_rule_with_a_sentencepiece_tokenizer(sp_tokenizer):
+    """With a LLaMA-style sentencepiece model, the chunk after the image starts with the prefix piece
+    before the newline byte, exactly as the release's per-chunk tokenization produced."""
+    hf, sp, image_id = sp_tokenizer
     prompt = build_prompt("v1", indication="Fever.").prompt
     ids = tokenize_prompt(hf, prompt, 3, image_id)
-    before, after = prompt.split("<image>")
-    reference = [1] + sp.encode(before) + [image_id] * 3 + sp.encode(after)
-    assert ids == reference
-    first_after = ids[1 + len(sp.encode(before)) + 3:][:2]
+    assert ids == _per_chunk(sp, prompt, 3, image_id)
+    first_after = ids[1 + len(sp.encode(prompt.split("<image>")[0])) + 3:][:2]
     assert sp.id_to_piece(first_after[0]) == "\u2581" and sp.id_to_piece(first_after[1]) == "<0x0A>"
+
+
+@pytest.mark.parametrize("indication", [None, "Fever.", "Cough\nand  dyspnea."])
+def test_plain_autoprocessor_chat_template_gives_the_release_ids(sp_tokenizer, tmp_path, indication):
+    """Another tool loads the saved processor with AutoProcessor, renders the chat template and
+    tokenizes the whole string: it must get the per-chunk ids (with the lone "▁" before the newline)."""
+    from transformers import AutoProcessor
+
+    from llavarad.model.processor import build_processor, chat_template_for
+    from llavarad.prompts.model import question_for
+
+    hf, sp, image_id = sp_tokenizer
+    build_processor(build_image_processor(28), hf, 14).save_pretrained(tmp_path / "proc")
+    proc = AutoProcessor.from_pretrained(tmp_path / "proc")
+    image = Image.fromarray(np.zeros((40, 28, 3), dtype="uint8"))
+    messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": question_for(indication)}]}]
+    got = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    ids = list(np.asarray(got["input_ids"]).ravel())
+    n_image = ids.count(image_id)
+    assert n_image == 4  # (28 / 14)^2 patches, CLS dropped
+    prompt = build_prompt("v1", indication=indication).prompt
+    assert ids == _per_chunk(sp, prompt, n_image, image_id) == tokenize_prompt(hf, prompt, n_image, image_id)
+    assert chat_template_for(hf)[1] == {"image_separator": " \n", "matches_per_chunk_ids": True}
+    # the template as it was ("<image>\n") loses the lone "▁": the test would catch a regression
+    text = prompt.replace("<image>", "<image>" * n_image)
+    assert list(proc.tokenizer(text)["input_ids"]) != ids
 
 
 def test_encode_example_masks_everything_but_the_target(tok):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from llavarad.errors import LlavaradError, SettingError
 from llavarad.model.presets import ModelPreset, load_preset
-from llavarad.model.processor import build_image_processor, build_processor
+from llavarad.model.processor import build_image_processor, build_processor, chat_template_for
 from llavarad.model.tokenizer import add_image_token, build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -274,6 +274,7 @@ def save_model(bundle: ModelBundle, out_dir: str | Path, *, train_config: dict |
     processor.save_pretrained(out)
     meta = dict(bundle.meta)
     meta["versions"] = versions()
+    meta["chat_template"] = chat_template_for(bundle.tokenizer)[1]  # which rendering gives the per-chunk ids
     if train_config is not None:
         meta["train_config"] = train_config
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

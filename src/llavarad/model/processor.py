@@ -14,12 +14,15 @@ differ from what it was trained on, so every llavarad path builds ids with :func
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llavarad.errors import LlavaradError
 from llavarad.prompts.model import IMAGE_PLACEHOLDER, build_prompt
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +38,7 @@ __all__ = [
     "build_image_processor",
     "build_processor",
     "center_crop_offset",
+    "chat_template_for",
     "pad_to_square",
     "preprocess_from_open_clip",
     "encode_example",
@@ -53,26 +57,67 @@ _RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST"}
 _RESIZE_MODES = ("shortest", "squash")
 
 # A Jinja chat template that renders the "v1" format from chat messages, so that generic HF tools
-# (``processor.apply_chat_template``) produce the same prompt string as llavarad.
-V1_CHAT_TEMPLATE = (
-    "{%- set ns = namespace(sys='A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.') -%}"
-    "{%- for m in messages if m['role'] == 'system' -%}"
-    "{%- set ns.sys = m['content'] if m['content'] is string else m['content'][0]['text'] -%}"
-    "{%- endfor -%}"
-    "{{- ns.sys -}}"
-    "{%- for m in messages if m['role'] != 'system' -%}"
-    "{%- if m['role'] == 'user' -%}{{- ' USER: ' -}}"
-    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}"
-    "{%- for c in m['content'] -%}"
-    "{%- if c['type'] == 'image' -%}{{- '<image>\\n' -}}{%- else -%}{{- c['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- else -%}{{- ' ASSISTANT: ' -}}"
-    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}{{- m['content'][0]['text'] -}}{%- endif -%}"
-    "{{- '</s>' -}}"
-    "{%- endif -%}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}"
+# (``processor.apply_chat_template``) produce the same prompt as llavarad. ``{sep}`` follows the
+# image: "\n" in the prompt string; :func:`chat_template_for` picks what makes whole-string
+# tokenization give the release's per-chunk ids.
+_V1_TEMPLATE = (
+    "{{%- set ns = namespace(sys='A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.') -%}}"
+    "{{%- for m in messages if m['role'] == 'system' -%}}"
+    "{{%- set ns.sys = m['content'] if m['content'] is string else m['content'][0]['text'] -%}}"
+    "{{%- endfor -%}}"
+    "{{{{- ns.sys -}}}}"
+    "{{%- for m in messages if m['role'] != 'system' -%}}"
+    "{{%- if m['role'] == 'user' -%}}{{{{- ' USER: ' -}}}}"
+    "{{%- if m['content'] is string -%}}{{{{- m['content'] -}}}}{{%- else -%}}"
+    "{{%- for c in m['content'] -%}}"
+    "{{%- if c['type'] == 'image' -%}}{{{{- '<image>{sep}' -}}}}{{%- else -%}}{{{{- c['text'] -}}}}{{%- endif -%}}"
+    "{{%- endfor -%}}{{%- endif -%}}"
+    "{{%- else -%}}{{{{- ' ASSISTANT: ' -}}}}"
+    "{{%- if m['content'] is string -%}}{{{{- m['content'] -}}}}{{%- else -%}}{{{{- m['content'][0]['text'] -}}}}{{%- endif -%}}"
+    "{{{{- '</s>' -}}}}"
+    "{{%- endif -%}}{{%- endfor -%}}"
+    "{{%- if add_generation_prompt -%}}{{{{- ' ASSISTANT:' -}}}}{{%- endif -%}}"
 )
+_SEPARATORS = {"\n": "\\n", " \n": " \\n"}  # the separator as written inside the Jinja string literal
+V1_CHAT_TEMPLATE = _V1_TEMPLATE.format(sep=_SEPARATORS["\n"])
+
+
+def chat_template_for(tokenizer) -> tuple[str, dict[str, Any]]:
+    """The v1 chat template for ``tokenizer``, rendered so that tokenizing its output whole gives the release's ids.
+
+    The release tokenizes the text before and after ``<image>`` apart (:func:`tokenize_prompt`);
+    with a LLaMA sentencepiece tokenizer the chunk after the image then starts with a lone "▁"
+    piece before the newline, which a tool that tokenizes the whole rendered string (plain
+    ``AutoProcessor`` + ``apply_chat_template``) does not produce. Rendering a space after
+    ``<image>`` makes it produce exactly that piece. Each candidate ("\n", then " \n") is tried on a
+    sample prompt against the per-chunk rule and the first that matches is used.
+
+    Returns:
+        ``(template, record)``; ``record`` says which separator was chosen and whether it matched
+        (recorded in ``llavarad.json``).
+    """
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    if image_id is None or image_id == tokenizer.unk_token_id:
+        return V1_CHAT_TEMPLATE, {"image_separator": "\n", "matches_per_chunk_ids": None}
+    # Judge the tokenizer as every loader of the saved folder gets it: written out and read back
+    # (a sentencepiece model converted in memory can split whole strings differently).
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        reloaded = AutoTokenizer.from_pretrained(tmp)
+    prompt = build_prompt("v1", indication="Cough.").prompt
+    reference = tokenize_prompt(reloaded, prompt, 2, int(image_id))
+    for sep in _SEPARATORS:
+        text = prompt.replace(IMAGE_PLACEHOLDER + "\n", IMAGE_PLACEHOLDER * 2 + sep)
+        if list(reloaded(text)["input_ids"]) == reference:
+            return _V1_TEMPLATE.format(sep=_SEPARATORS[sep]), {"image_separator": sep, "matches_per_chunk_ids": True}
+    logger.warning("no rendering of the chat template gives the per-chunk token ids with this tokenizer; tools "
+                   "that tokenize the rendered prompt whole will not get llavarad's ids")
+    return V1_CHAT_TEMPLATE, {"image_separator": "\n", "matches_per_chunk_ids": False}
 
 
 class SequenceTooLongError(LlavaradError, ValueError):
@@ -154,9 +199,14 @@ def build_image_processor(image_size: int, preprocess: Mapping[str, Any] | None 
 
 
 def build_processor(image_processor, tokenizer, patch_size: int):
-    """A ``LlavaProcessor`` that loads with ``AutoProcessor.from_pretrained`` in other tools."""
+    """A ``LlavaProcessor`` that loads with ``AutoProcessor.from_pretrained`` in other tools.
+
+    Its chat template comes from :func:`chat_template_for`, so rendering a conversation and
+    tokenizing it whole gives the ids llavarad (and the release) feed the model.
+    """
     from transformers import LlavaProcessor
 
+    template, _ = chat_template_for(tokenizer)
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -164,7 +214,7 @@ def build_processor(image_processor, tokenizer, patch_size: int):
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         image_token=IMAGE_PLACEHOLDER,
-        chat_template=V1_CHAT_TEMPLATE,
+        chat_template=template,
     )
 
 
