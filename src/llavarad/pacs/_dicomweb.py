@@ -64,7 +64,11 @@ def make_client(url: str, kind: AuthKind = "none", secret: str | None = None, ti
         session.auth = (user, password)
     elif kind == "bearer" and secret:
         session.headers["Authorization"] = f"Bearer {secret}"
-    return DICOMwebClient(url=url.rstrip("/"), session=session, timeout=timeout)
+    client = DICOMwebClient(url=url.rstrip("/"), session=session, timeout=timeout)
+    # The loop retries on its own terms (failed studies on later passes, backoff while the PACS is
+    # down); dicomweb-client's own retry would stall every call to a stopped PACS for ~30 s.
+    client.set_http_retry_params(retry=False)
+    return client
 
 
 def value(item: dict[str, Any], keyword: str) -> Any:
