@@ -9,6 +9,7 @@ dataset name to the original command unchanged. Library work lives in
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,10 @@ def import_dicom_cmd(ctx: click.Context, root: Path, reports: Path, out: Path, j
           --indication-column REASON --out own/m.jsonl
     """
     from llavarad.data.importers import DatasetLayoutError
-    from llavarad.data.importers.dicom_archive import DicomImportConfig, import_dicom_archive
+    from llavarad.data.importers.dicom_archive import (
+        DicomImportConfig,
+        import_dicom_archive,
+    )
     from llavarad.data.importers.report_sources import ReportColumns
     from llavarad.io.manifest import ManifestError
 
@@ -119,16 +123,20 @@ def import_dicom_cmd(ctx: click.Context, root: Path, reports: Path, out: Path, j
             headerless_to=headerless_to, restart=restart)  # type: ignore[arg-type]
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    from llavarad.cli.data import _progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    # no refresh thread (auto_refresh=False, refreshed on each update): the header pool can then
+    # fork its workers instead of starting fresh interpreters
+    bar = Progress(SpinnerColumn(), TextColumn("import dicom {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), transient=True, auto_refresh=False, disable=not sys.stderr.isatty())
     try:
-        with _progress("import dicom") as bar:
+        with bar:
             tasks: dict[str, Any] = {}
 
             def progress(stage: str, done: int, total: int | None) -> None:
                 if stage not in tasks:
                     tasks[stage] = bar.add_task(stage, total=total)
-                bar.update(tasks[stage], completed=done, total=total)
+                bar.update(tasks[stage], completed=done, total=total, refresh=True)
 
             summary = import_dicom_archive(root, reports, out, cfg, progress=progress)
     except (DatasetLayoutError, ManifestError, FileNotFoundError) as exc:
