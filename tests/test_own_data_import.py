@@ -159,6 +159,9 @@ def test_cli_import_and_build_local(own, tmp_path, capsys):
     assert kept and all(r.view in ("PA", "AP") and r.findings for r in kept)
     assert all(Path(r.image).is_file() for r in kept)
     assert main(["data", "import", "chexpert", str(tmp_path), "--out", str(tmp_path / "c.jsonl")]) != 0  # still routed
+    inside = own.plan.root / "out" / "m.jsonl"
+    assert main(["data", "import", "dicom", str(own.plan.root), "--reports", str(own.reports), "--out", str(inside)]) == 1
+    assert "inside the DICOM tree" in capsys.readouterr().err and not inside.parent.exists()
 
 
 def _rows(path: Path) -> int:

@@ -152,6 +152,11 @@ def import_dicom_archive(root: str | Path, reports: str | Path, out: str | Path,
     root, out = Path(root).resolve(), Path(out)
     if not root.is_dir():
         raise DatasetLayoutError(f"{root}: no such folder; pass the top folder of the DICOM export")
+    if root in out.resolve().parents:
+        raise DatasetLayoutError(f"{out} lies inside the DICOM tree {root}: the walk would read the import's own "
+                                 "files; write the manifest outside the tree")
+    if out.resolve() == Path(reports).resolve():
+        raise DatasetLayoutError(f"--out {out} is the report file; choose another manifest path")
     paths = output_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = ImportSummary(paths={k: str(v) for k, v in paths.items()})
