@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -338,7 +339,40 @@ def test_missing_empty_directory_and_wrong_types(tmp_path: Path):
     (tmp_path / "scan.pdf").write_bytes(b"%PDF-1.7\n" + bytes(600))
     _expect_error(tmp_path / "scan.pdf", "PDF")
     (tmp_path / "noise.bin").write_bytes(bytes(range(256)) * 3)
-    _expect_error(tmp_path / "noise.bin", "not a PNG, JPEG or DICOM")
+    _expect_error(tmp_path / "noise.bin", "not a PNG, JPEG, TIFF or DICOM")
+
+
+def test_tiff_8_and_16_bit_grey_read_like_png(tmp_path: Path):
+    """TIFF (Pillow): 8-bit and 16-bit grey give the same arrays as the same pixels in PNG; big-endian
+    and multi-page files are read (first page, page count recorded)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grey8 = rng.integers(0, 256, (80, 96), dtype=np.uint8)
+    grey16 = rng.integers(0, 4096, (80, 96), dtype=np.uint16)  # 12-bit detector values in a 16-bit container
+    for name, pixels in (("g8", grey8), ("g16", grey16)):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.tif")
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        tif, png = read_cxr(tmp_path / f"{name}.tif"), read_cxr(tmp_path / f"{name}.png")
+        assert tif.source_format == "tiff" and tif.size == (96, 80)
+        np.testing.assert_array_equal(tif.array, png.array)
+        assert tif.metadata["bit_depth"] == png.metadata["bit_depth"]
+    Image.fromarray(grey8).save(tmp_path / "pages.tif", save_all=True, append_images=[Image.fromarray(255 - grey8)])
+    paged = read_cxr(tmp_path / "pages.tif")
+    assert paged.metadata["tiff_pages"] == 2
+    np.testing.assert_array_equal(paged.array, read_cxr(tmp_path / "g8.png").array)
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "g16.tif").read_bytes()[:600])
+    _expect_error(tmp_path / "cut.tif", "TIFF is truncated or corrupt")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_device_and_symlink_loop_are_named(tmp_path: Path):
+    os.mkfifo(tmp_path / "pipe.png")
+    _expect_error(tmp_path / "pipe.png", "is a FIFO (named pipe)")
+    with pytest.raises(ImageReadError, match="character device"):
+        read_cxr("/dev/zero")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    _expect_error(tmp_path / "loop.png", "symbolic link loop")
 
 
 @needs_data

@@ -37,7 +37,7 @@ _BLANK_WARNED: set[str] = set()
 __all__ = ["CxrImage", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "ImageReadError", "SourceFormat", "detect_format",
            "normalise_view", "read_cxr"]
 
-SourceFormat = Literal["png", "jpeg", "dicom"]
+SourceFormat = Literal["png", "jpeg", "dicom", "tiff"]
 
 #: Refuse images with more pixels than this (a decompression-bomb guard); the largest detector
 #: panels are about 4300 x 4300 = 18.5 MP.
@@ -47,9 +47,10 @@ DEFAULT_MIN_SIDE = 32
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")  # little- and big-endian classic TIFF (BigTIFF is not read)
 # Well-known signatures of things people feed by mistake, for a better error than "unknown type".
 _OTHER_MAGIC = {
-    b"%PDF": "a PDF document", b"GIF8": "a GIF image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image",
+    b"%PDF": "a PDF document", b"GIF8": "a GIF image",
     b"BM": "a BMP image", b"PK\x03\x04": "a ZIP archive", b"\x1f\x8b": "a gzip archive",
     b"\x00\x00\x00\x0cjP  ": "a JPEG 2000 file (wrap it in DICOM or convert it to PNG)",
     b"RIFF": "a RIFF (e.g. WebP) file",
@@ -96,13 +97,15 @@ class CxrImage:
 
 
 def detect_format(head: bytes) -> SourceFormat | None:
-    """The format of a file from its first bytes (at least 132), or None when not PNG/JPEG/DICOM."""
+    """The format of a file from its first bytes (at least 132), or None when not PNG/JPEG/TIFF/DICOM."""
     if head.startswith(_PNG_MAGIC):
         return "png"
     if head.startswith(_JPEG_MAGIC):
         return "jpeg"
-    if len(head) >= 132 and head[128:132] == b"DICM":
+    if len(head) >= 132 and head[128:132] == b"DICM":  # before TIFF: a DICOM preamble may hold a TIFF header
         return "dicom"
+    if head.startswith(_TIFF_MAGIC):
+        return "tiff"
     # DICOM without the 128-byte preamble starts directly with a data element of group 0002 (file
     # meta) or 0008 (identifying module), little or big endian, and a small element number.
     if len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
@@ -141,11 +144,16 @@ def read_cxr(path: str | os.PathLike | BinaryIO, *, max_pixels: int = DEFAULT_MA
     if not isinstance(path, (str, os.PathLike)):
         return _read_source(path, Path(str(getattr(path, "name", "") or "upload")), max_pixels, min_side, view,
                             fallback_window)
+    from llavarad.errors import InputError
+    from llavarad.io.text import check_regular_file
+
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise ImageReadError(p, "no such file; check the path (relative paths in a manifest are relative to it)")
-    if not p.is_file():
-        raise ImageReadError(p, "is a directory, not an image file; pass one PNG, JPEG or DICOM file")
+    try:  # a FIFO, a device, a folder or a symlink loop is named as what it is, and never read
+        check_regular_file(p, "image file")
+    except InputError as exc:
+        raise ImageReadError(p, str(exc).removeprefix(f"{p}: ")) from exc
     try:
         with p.open("rb") as fh:
             head = fh.read(512)
@@ -165,7 +173,7 @@ def _read_source(src: Path | BinaryIO, p: Path, max_pixels: int, min_side: int, 
         raise ImageReadError(p, "is empty (0 bytes); the copy or download probably failed")
     fmt = detect_format(head)
     if fmt is None:
-        raise ImageReadError(p, f"is {_describe_unknown(head)}, not a PNG, JPEG or DICOM radiograph")
+        raise ImageReadError(p, f"is {_describe_unknown(head)}, not a PNG, JPEG, TIFF or DICOM radiograph")
 
     if fmt == "dicom":
         array, file_view, meta = _read_dicom(src, p, max_pixels, min_side, fallback_window)
@@ -248,8 +256,11 @@ def _read_pil(src: Path | BinaryIO, p: Path, fmt: SourceFormat, max_pixels: int,
                 if min(w, h) < min_side:
                     raise ImageReadError(p, f"{w}x{h} is smaller than {min_side} px on a side: not a radiograph")
                 meta.update(mode=img.mode, width=w, height=h)
+                if fmt == "tiff" and getattr(img, "n_frames", 1) > 1:  # a multi-page TIFF: the first page is read
+                    meta["tiff_pages"] = img.n_frames
                 img.load()
-                transposed = ImageOps.exif_transpose(img) if fmt == "jpeg" else img
+                rotate = fmt == "jpeg" or (fmt == "tiff" and img.getexif().get(0x0112, 1) != 1)  # TIFF Orientation
+                transposed = ImageOps.exif_transpose(img) if rotate else img
                 meta["exif_transposed"] = transposed is not img
                 array, info = _pil_to_unit(transposed, p)
     except ImageReadError:

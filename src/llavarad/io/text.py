@@ -81,7 +81,8 @@ def check_regular_file(path: str | Path, what: str = "file") -> Path:
             else "a character device" if stat.S_ISCHR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
             else "a socket" if stat.S_ISSOCK(st.st_mode) else None)
     if kind is not None:
-        raise InputError(f"{path}: is {kind}, not a regular {what}; give the path of a {what}")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise InputError(f"{path}: is {kind}, not a regular {what}; give the path of {article} {what}")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied (cannot read the {what})")
     return path
