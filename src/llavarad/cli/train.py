@@ -15,11 +15,31 @@ import click
 _OVERRIDES_HELP = "KEY=VALUE overrides of the YAML, e.g. learning_rate=2e-4 lora.r=16 max_steps=10."
 
 
+def packaged_configs() -> Path:
+    """The run YAMLs and accelerate/DeepSpeed files shipped inside the package (``llavarad/configs``)."""
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config(config: Path) -> Path:
+    """``config`` itself when it exists; otherwise, for ``configs/<name>``, the packaged file of
+    that name, so the commands written in the YAMLs work from an installed wheel too."""
+    config = Path(config)
+    if config.is_file():
+        return config
+    if config.parts and config.parts[0] == "configs":
+        packaged = packaged_configs().joinpath(*config.parts[1:])
+        if packaged.is_file():
+            return packaged
+    names = ", ".join(sorted(p.name for p in packaged_configs().glob("*.yaml")))
+    raise click.BadParameter(f"{config}: no such file, and no packaged config of that name (packaged: {names}); "
+                             "`llavarad configs --copy DIR` copies them out to edit", param_hint="--config")
+
+
 def _load(cls, config: Path, overrides: tuple[str, ...]):
     from llavarad.config import ConfigError, load_config
 
     try:
-        return load_config(cls, config, overrides)
+        return load_config(cls, resolve_config(config), overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -75,7 +95,14 @@ def _run_stage(stage: str, config: Path, overrides: tuple[str, ...]) -> Path:
 
 
 def register(group: click.Group) -> None:
-    """Add ``train``, ``merge-lora`` and ``demo`` to the top-level group."""
+    """Add ``train``, ``merge-lora``, ``demo`` and ``configs`` to the top-level group."""
+    _register_train(group)
+    _register_merge_lora(group)
+    _register_demo(group)
+    _register_configs(group)
+
+
+def _register_train(group: click.Group) -> None:
 
     @group.group("train")
     def train() -> None:
@@ -109,6 +136,8 @@ def register(group: click.Group) -> None:
 
         make()
 
+
+def _register_merge_lora(group: click.Group) -> None:
     @group.command("merge-lora")
     @click.option("--adapter", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
                   help="Adapter folder written by stage 3 with export=adapter.")
@@ -128,6 +157,8 @@ def register(group: click.Group) -> None:
         merge_lora(adapter, out, base_model=base, overwrite=overwrite)
         click.echo(f"merged model written to {out}")
 
+
+def _register_demo(group: click.Group) -> None:
     @group.command("demo")
     @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for every stage's output.")
     @click.option("--n", "n_images", type=int, default=None, help="Number of phantoms (default: the demo's setting).")
@@ -177,3 +208,29 @@ def register(group: click.Group) -> None:
         click.echo(f"report card: {Path(out) / 'report_card.md'}")
         for name, value in card.get("headline", {}).items():
             click.echo(f"  {name}: {value}")
+
+
+def _register_configs(group: click.Group) -> None:
+    @group.command("configs")
+    @click.option("--copy", "copy_to", type=click.Path(path_type=Path, file_okay=False), default=None,
+                  help="Copy the packaged configs (and accelerate/) into this folder to edit them.")
+    def configs_cmd(copy_to: Path | None) -> None:
+        """List the run YAMLs shipped with llavarad (``--config configs/<name>`` finds them even when
+        the working directory has no configs/ folder), or copy them out.
+
+        \b
+        Examples:
+          llavarad configs
+          llavarad configs --copy my_configs && llavarad train stage2 --config my_configs/stage2_tiny.yaml
+        """
+        import shutil
+
+        root = packaged_configs()
+        if copy_to is not None:
+            shutil.copytree(root, copy_to, dirs_exist_ok=True)
+            click.echo(f"copied {root} -> {copy_to}")
+            return
+        click.echo(f"packaged configs: {root}")
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                click.echo(f"  configs/{path.relative_to(root).as_posix()}")
