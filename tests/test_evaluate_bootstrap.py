@@ -69,3 +69,34 @@ def test_single_item_interval_is_degenerate():
 def test_bootstrap_median_ignores_nonfinite():
     assert bootstrap_median(np.array([3.0, 1.0, np.nan, 2.0])) == 2.0
     assert np.isnan(bootstrap_median(np.array([np.inf])))
+
+
+def test_legacy_generator_draws_the_release_resamples():
+    """scipy.stats.bootstrap(random_state=3) and rouge_score's aggregator after numpy.random.seed(3)
+    both resample with exactly the rows of bootstrap_indices(..., generator="legacy")."""
+    from scipy.stats import bootstrap
+
+    n, r = 23, 40
+    idx = bootstrap_indices(n, r, seed=3, generator="legacy")
+    seen = []
+    bootstrap((list(range(n)),), lambda i: seen.append(np.array(i)) or 0.0, method="percentile", paired=False,
+              vectorized=False, random_state=3, n_resamples=r)
+    assert np.array_equal(np.stack(seen[-r:]), idx)
+    np.random.seed(3)
+    rouge_rows = np.stack([np.random.choice(np.arange(n), size=n) for _ in range(r)])  # rouge_score's loop
+    assert np.array_equal(rouge_rows, idx)
+    assert np.array_equal(resample_counts(n, r, 3, "legacy").sum(1), np.full(r, float(n)))
+    with pytest.raises(ValueError, match="generator='mt'"):
+        bootstrap_indices(n, r, generator="mt")
+
+
+def test_sacrebleu_interval_is_its_mean_plus_minus_half_the_spread():
+    from llavarad.evaluate.bootstrap import sacrebleu_counts, sacrebleu_interval
+
+    reps = np.arange(80, dtype=float)[::-1]  # 80 replicates: bounds at sorted positions 2 and 77
+    low, high, mean = sacrebleu_interval(reps)
+    assert mean == pytest.approx(39.5) and (high - low) / 2 == pytest.approx((77 - 2) / 2)
+    assert (low + high) / 2 == pytest.approx(mean)
+    counts = sacrebleu_counts(10, 7)
+    rows = np.random.default_rng(12345).choice(10, size=(7, 10), replace=True)
+    assert np.array_equal(counts, np.stack([np.bincount(r, minlength=10) for r in rows]).astype(float))

@@ -90,3 +90,19 @@ def test_settings_record_signature():
     assert "tok:13a" in s["BLEU-4"]["settings"]["signature"]
     assert s["BLEU-1"]["settings"]["max_ngram_order"] == 1
     assert s["ROUGE-L"]["settings"]["use_stemmer"] is False
+
+
+def test_bleu_with_sacrebleus_own_bootstrap_equals_corpus_score():
+    from sacrebleu.metrics import BLEU
+
+    from llavarad.evaluate.lexical import bleu_sacrebleu_bootstrap
+
+    rng = np.random.default_rng(4)
+    words = "the lungs are clear no pleural effusion heart size normal mild edema left base".split()
+    refs = [" ".join(rng.choice(words, rng.integers(3, 14))) for _ in range(45)]
+    hyps = [" ".join(rng.choice(words, rng.integers(0, 14))) for _ in range(45)]
+    for order in (1, 4):
+        ref = BLEU(max_ngram_order=order).corpus_score(hyps, [refs], n_bootstrap=300)
+        got = bleu_sacrebleu_bootstrap(bleu_stats(refs, hyps), order, n_resamples=300)
+        assert (got["value"], got["ci_low"], got["ci_high"], got["bootstrap_mean"]) == \
+            (ref.score, ref._mean - ref._ci, ref._mean + ref._ci, ref._mean)
