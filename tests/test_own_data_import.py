@@ -125,6 +125,10 @@ def test_header_reader_and_rules_on_real_files(shared_data):
     assert classify(sc).reason == "secondary_capture"
     assert classify(sc, keep_secondary_capture=True).reason is None
     assert read_header(str(images), "00000001_000.png")["status"] == "not_dicom"
+    from pydicom.data import get_testdata_file
+
+    dicomdir = Path(get_testdata_file("DICOMDIR"))
+    assert read_header(str(dicomdir.parent), dicomdir.name)["status"] == "not_image"
     base = {**h, "ViewPosition": None, "ViewCodeMeaning": "postero-anterior"}
     assert classify(base).view == "PA" and classify(base).view_source == "ViewCodeSequence"
     raw = {**h, "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1.1"}

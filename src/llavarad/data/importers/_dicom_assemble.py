@@ -30,7 +30,7 @@ __all__ = ["EXCLUDING", "assemble", "patient_split", "problem_row"]
 
 #: Reasons whose items never reach the manifest (the others are flags on kept records).
 EXCLUDING: tuple[str, ...] = (
-    "unreadable", "not_dicom", "missing_uid", "secondary_capture", "for_processing", "not_cr_dx", "non_chest",
+    "unreadable", "not_dicom", "not_image", "missing_uid", "secondary_capture", "for_processing", "not_cr_dx", "non_chest",
     "body_part_unknown", "duplicate_sop", "duplicate_report", "report_unusable", "report_without_study")
 _IMAGE_COLUMNS = ("path", "sop", "study", "patient", "accession", "series", "view", "frontal", "view_source",
                   "body_part", "laterality", "modality")

@@ -30,6 +30,7 @@ HEADER_TAGS: tuple[str, ...] = (
 _STRING_TAGS = tuple(t for t in HEADER_TAGS if t != "ViewCodeSequence")
 _TAG_LIST = list(HEADER_TAGS)
 
+_DICOMDIR = "1.2.840.10008.1.3.10"
 _SECONDARY_CAPTURE = ("1.2.840.10008.5.1.4.1.1.7",)  # and its multi-frame .7.1-.7.4 children
 _FOR_PROCESSING = {"1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.3.1"}
 _CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_PA", "CHEST_AP", "CHEST_LAT", "TORAX", "THORAX_PA"}
@@ -101,6 +102,9 @@ def read_header(root: str, rel: str) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files; each is a problem row
             return {"path": rel, "status": "unreadable",
                     "error": f"unreadable DICOM header ({type(exc).__name__}: {exc})"}
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR:
+        return {"path": rel, "status": "not_image", "error": "a DICOMDIR (media directory), not an image"}
     if not any(out.get(t) for t in ("SOPInstanceUID", "StudyInstanceUID", "Modality")):
         return {"path": rel, "status": "unreadable", "error": "no DICOM elements could be read (truncated or corrupt)"}
     if truncated and (out.get("Modality") or "").upper() in ("CR", "DX", ""):
