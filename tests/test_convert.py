@@ -370,9 +370,12 @@ def test_cli_convert(parts, tmp_path, capsys):
                "--dtype", "float32", "--preset", "tiny"])
     assert rc == 0 and (tmp_path / "cli" / "llavarad.json").is_file()
     assert "merged" in capsys.readouterr().out
+    vision_config = tmp_path / "openclip.json"
+    vision_config.write_text(json.dumps({"preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
     rc = main(["convert", "--release", str(release), "--out", str(tmp_path / "enc"), "--encoder-only",
-               "--preset", "tiny"])
+               "--preset", "tiny", "--vision-config", str(vision_config)])
     assert rc == 0 and (tmp_path / "enc" / "config.json").is_file()
+    assert json.loads((tmp_path / "enc" / "llavarad_convert.json").read_text())["preprocess"]["mean"] == [0.5] * 3
     rc = main(["convert", "--release", str(tmp_path / "nowhere"), "--base", str(base), "--out", str(tmp_path / "x")])
     assert rc == 1
     assert "does not exist" in capsys.readouterr().err

@@ -243,8 +243,12 @@ def _add_convert(group: click.Group) -> None:
                   help="With --clip: local BiomedBERT folder (config + tokenizer; the release has none).")
     @click.option("--preset", default="llava-rad-7b", show_default=True,
                   help="Architecture preset the release follows (heads, feature layer, prompt format).")
+    @click.option("--vision-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="The encoder's open_clip config whose preprocess_cfg sets the image processor "
+                       "(default: biomedclip_cxr_518.json in --release when there, else open_clip's defaults).")
     def convert_cmd(release_dir: Path, base_dir: Path | None, out_dir: Path, dtype: str, keep_lora: bool,
-                    encoder_only: bool, clip: bool, text_base: Path | None, preset: str) -> None:
+                    encoder_only: bool, clip: bool, text_base: Path | None, preset: str,
+                    vision_config: Path | None) -> None:
         """Convert the released LLaVA-Rad weights into one llavarad / Hugging Face model folder.
 
         \b
@@ -278,10 +282,10 @@ def _add_convert(group: click.Group) -> None:
         try:
             if encoder_only:
                 report = convert_encoder(release_dir, out_dir, dtype="float32" if dtype == "auto" else dtype,
-                                         preset=preset)
+                                         preset=preset, vision_config=vision_config)
             else:
                 report = convert_release(release_dir, base_dir, out_dir, dtype=dtype, keep_lora=keep_lora,
-                                         preset=preset)
+                                         preset=preset, vision_config=vision_config)
         except (ConversionError, PresetError) as exc:
             raise click.ClickException(str(exc)) from exc
         seconds = time.perf_counter() - start
