@@ -10,7 +10,7 @@ import torch
 from llavarad.model._convert_testing import LORA_ALPHA, LORA_R
 from llavarad.model._convert_testing import make_fake_release as make_release
 from llavarad.model._convert_testing import make_fake_vicuna as make_vicuna
-from llavarad.model.build import INFERENCE_DTYPE, load_model, resolve_device_dtype
+from llavarad.model.build import INFERENCE_DTYPE, load_model, resolve_device_dtype, save_model
 from llavarad.model.convert import convert_release
 
 
@@ -49,7 +49,11 @@ def test_converted_release_records_float16_and_auto_honours_it(fp16_release, mon
     assert meta[INFERENCE_DTYPE] == "float16"
     # CPU: float32 unless asked, whatever the folder records
     assert resolve_device_dtype("cpu", "auto", "float16")[1] == torch.float32
-    assert load_model(out, device="cpu").model.dtype == torch.float32
+    bundle = load_model(out, device="cpu")
+    assert bundle.model.dtype == torch.float32
+    # fine-tuned from the converted release and saved with its training config: trained here, no float16 record
+    save_model(bundle, root / "finetuned", train_config={"stage": "stage3"})
+    assert INFERENCE_DTYPE not in json.loads((root / "finetuned" / "llavarad.json").read_text())
     assert resolve_device_dtype("cpu", "bfloat16", "float16")[1] == torch.bfloat16
     # a GPU that has bf16: the converted release gets float16, a folder trained here bf16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

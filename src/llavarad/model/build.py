@@ -277,6 +277,9 @@ def save_model(bundle: ModelBundle, out_dir: str | Path, *, train_config: dict |
     meta["chat_template"] = chat_template_for(bundle.tokenizer)[1]  # which rendering gives the per-chunk ids
     if train_config is not None:
         meta["train_config"] = train_config
+        # weights trained here (even when started from a converted release) were trained in this
+        # project's dtype, so `--dtype auto` gives them bf16 rather than the release's float16
+        meta.pop(INFERENCE_DTYPE, None)
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 
