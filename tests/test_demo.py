@@ -170,8 +170,9 @@ def test_cli_demo_overrides_reach_the_config_and_bad_ones_are_refused_together(t
 
     seen = []
 
-    def fake_run_demo(cfg, out, fresh=False, progress=None):  # records what the CLI built
+    def fake_run_demo(cfg, out, fresh=False, progress=None, train_callbacks=()):  # records what the CLI built
         seen.append(cfg)
+        assert [type(c).__name__ for c in train_callbacks] == ["TrainerProgress"]  # stages 1-3 draw the bar
         return {"headline": {}}
 
     monkeypatch.setattr(llavarad.phantom.demo, "run_demo", fake_run_demo)

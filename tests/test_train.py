@@ -348,7 +348,11 @@ def test_shipped_tiny_yamls_run_end_to_end_through_the_cli(tiny_model_dir, manif
                  f"output_dir={s3}", "export=adapter", *common]) == 0
     assert main(["merge-lora", "--adapter", str(s3), "--out", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "llavarad.json").is_file()
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "stage2 finished" in out and "merged model written" in out
+    assert "{'loss'" not in out + captured.err  # the progress bar, not the Trainer's raw dicts
+    run_log = (s2 / "run.log").read_text()  # the full log of the run sits in its folder
+    assert "stage2" in run_log and "llavarad.train" in run_log and f"full log: {s2 / 'run.log'}" in out
     assert main(["train", "stage2", "--config", str(REPO / "configs/stage2_tiny.yaml"), "on_too_long=truncate"]) == 1
     assert "on_too_long" in capsys.readouterr().err

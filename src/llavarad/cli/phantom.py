@@ -53,8 +53,7 @@ def phantom_cmd(ctx: click.Context, out_dir: Path, n: int | None, size: int | No
       llavarad phantom --out /tmp/ph --n 200 --size 112 --split-fractions 0.7,0.15,0.15
       llavarad phantom --out /tmp/ph2 --n 500 --prevalence pneumothorax=0.4 --normal-fraction 0.1
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
+    from llavarad.cli._progress import progress_bar
     from llavarad.config import ConfigError, load_config
     from llavarad.phantom import PhantomConfig, generate_phantoms
 
@@ -77,9 +76,8 @@ def phantom_cmd(ctx: click.Context, out_dir: Path, n: int | None, size: int | No
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True, disable=as_json) as bar:
-        task = bar.add_task("drawing phantoms", total=config.n)
+    with progress_bar(transient=True, disable=as_json) as bar:
+        task = bar.add_task("drawing phantoms", total=config.n, status="")
         try:
             summary = generate_phantoms(config, out_dir, workers=workers,
                                         progress=lambda done, total: bar.update(task, completed=done))

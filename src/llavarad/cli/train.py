@@ -7,6 +7,7 @@ fast. Each command prints a short summary and exits non-zero on failure.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -62,36 +63,27 @@ def _check_output_dir(cfg) -> None:
 
 
 def _run_stage(stage: str, config: Path, overrides: tuple[str, ...]) -> Path:
-    from llavarad.model.processor import SequenceTooLongError
-    from llavarad.train.collator import CollateError
-    from llavarad.train.dataset import ImageReadError
+    """Run one stage with the progress bar and ``run.log`` in its output folder."""
+    from llavarad.cli._progress import TrainerProgress, log_to_file
 
     if stage == "stage1":
-        try:
-            from llavarad.train.stage1_encoder import Stage1Config, Stage1Error, run_stage1
-        except ImportError as exc:
-            raise click.ClickException(f"stage 1 is not available in this installation ({exc})") from exc
-        cfg = _load(Stage1Config, config, overrides)
-        _check_output_dir(cfg)
-        try:
-            return Path(run_stage1(cfg))
-        except (Stage1Error, FileNotFoundError, ValueError, ImageReadError) as exc:
-            raise click.ClickException(str(exc)) from exc
-    if stage == "stage2":
-        from llavarad.train.stage2_align import Stage2Config, run_stage2
-
-        cfg = _load(Stage2Config, config, overrides)
-        runner = run_stage2
+        from llavarad.train.stage1_encoder import Stage1Config as cls
+        from llavarad.train.stage1_encoder import run_stage1 as runner
+    elif stage == "stage2":
+        from llavarad.train.stage2_align import Stage2Config as cls
+        from llavarad.train.stage2_align import run_stage2 as runner
     else:
-        from llavarad.train.stage3_finetune import Stage3Config, run_stage3
-
-        cfg = _load(Stage3Config, config, overrides)
-        runner = run_stage3
-    _check_output_dir(cfg)
-    try:
-        return runner(cfg)
-    except (SequenceTooLongError, ImageReadError, CollateError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        from llavarad.train.stage3_finetune import Stage3Config as cls
+        from llavarad.train.stage3_finetune import run_stage3 as runner
+    cfg = _load(cls, config, overrides)
+    with log_to_file(Path(cfg.output_dir) / "run.log") as log_path:
+        logging.getLogger(__name__).info("%s: %s %s", stage, config, " ".join(overrides))
+        try:
+            out = Path(runner(cfg, callbacks=[TrainerProgress(label=stage)]))
+        except ValueError as exc:  # a setting that only fails once the data is seen (e.g. batch arithmetic)
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"full log: {log_path}")
+    return out
 
 
 def register(group: click.Group) -> None:
@@ -126,10 +118,13 @@ def _register_train(group: click.Group) -> None:
                           help="Run YAML (see configs/).")
             @click.argument("overrides", nargs=-1)
             def command(config: Path, overrides: tuple[str, ...]) -> None:
+                from llavarad.train.distributed import is_main
+
                 t0 = time.time()
                 out = _run_stage(stage, config, overrides)
-                click.echo(f"{stage} finished in {time.time() - t0:.1f} s -> {out}")
-                _print_summary(out)
+                if is_main():  # one summary per launched job, not one per process
+                    click.echo(f"{stage} finished in {time.time() - t0:.1f} s -> {out}")
+                    _print_summary(out)
 
             command.__doc__ = _OVERRIDES_HELP
             return command
@@ -182,12 +177,10 @@ def _register_demo(group: click.Group) -> None:
           llavarad demo --out demo_run
           llavarad demo --out demo_long stage1_image_pool=max stage3_epochs=3
         """
-        from rich.console import Console
-
+        from llavarad.cli._progress import TrainerProgress, log_to_file, progress_bar
         from llavarad.config import ConfigError, load_config
         from llavarad.phantom.demo import DemoConfig, run_demo
 
-        console = Console(stderr=True)
         # the options win over KEY=VALUE; an option left unset leaves the override (or default) alone
         flags = ["blank_images=true"] if blank_images else []
         flags += ["coded_images=true"] if coded_images else []
@@ -197,12 +190,15 @@ def _register_demo(group: click.Group) -> None:
         except (ConfigError, ValueError) as exc:
             raise click.UsageError(str(exc)) from exc
 
+        bar = progress_bar()
+
         def progress(stage: str, status: str, seconds: float | None) -> None:
             tail = f" ({seconds:.1f} s)" if seconds is not None else ""
-            console.print(f"[bold]{stage}[/bold]: {status}{tail}")
+            bar.console.print(f"[bold]{stage}[/bold]: {status}{tail}")
 
         try:
-            card = run_demo(cfg, out, fresh=fresh, progress=progress)
+            with bar, log_to_file(Path(out) / "demo.log"):
+                card = run_demo(cfg, out, fresh=fresh, progress=progress, train_callbacks=[TrainerProgress(bar)])
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"report card: {Path(out) / 'report_card.md'}")

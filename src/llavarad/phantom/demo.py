@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -294,8 +294,12 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
-             progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Run every demo stage into ``out_dir`` (skipping finished ones unless ``fresh``); return the card."""
+             progress: ProgressFn | None = None, train_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run every demo stage into ``out_dir`` (skipping finished ones unless ``fresh``); return the card.
+
+    ``progress(stage, status, seconds)`` hears each stage start and end; ``train_callbacks``
+    (``transformers.TrainerCallback``) follow the optimizer steps of stages 1-3 (the CLI's bar).
+    """
     import shutil
 
     from llavarad.config import config_from_dict
@@ -345,7 +349,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
                           lr=cfg.stage1_lr, warmup_ratio=cfg.stage1_warmup, image_pool=cfg.stage1_image_pool,
                           weight_decay=0.05, mixed_precision="no", augment=False, num_workers=0,
                           seed=cfg.seed, save_every_steps=10_000, log_every_steps=10)
-        return str(run_stage1(s1))
+        return str(run_stage1(s1, callbacks=train_callbacks))
 
     timer.run("stage1", (stage1_dir / "image_encoder" / "config.json").is_file(), make_stage1)
 
@@ -366,12 +370,12 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     s2_dir, s3_dir = out / "stage2", out / "stage3"
     s2 = config_from_dict(Stage2Config, {**_train_common(cfg, init_dir, train_manifest, s2_dir),
                                          "learning_rate": cfg.stage2_lr, "epochs": cfg.stage2_epochs})
-    timer.run("stage2", _is_model(s2_dir), lambda: run_stage2(s2))
+    timer.run("stage2", _is_model(s2_dir), lambda: run_stage2(s2, callbacks=train_callbacks))
     s3 = config_from_dict(Stage3Config, {**_train_common(cfg, s2_dir, train_manifest, s3_dir),
                                          "learning_rate": cfg.stage3_lr, "epochs": cfg.stage3_epochs,
                                          "lora": {"r": cfg.lora_r, "alpha": 2 * cfg.lora_r,
                                                   "dropout": cfg.lora_dropout}})
-    timer.run("stage3", _is_model(s3_dir), lambda: run_stage3(s3))
+    timer.run("stage3", _is_model(s3_dir), lambda: run_stage3(s3, callbacks=train_callbacks))
 
     test_manifest = _test_manifest(train_manifest, out / "test_manifest.jsonl", cfg.max_test)
     predictions = out / "predictions.jsonl"

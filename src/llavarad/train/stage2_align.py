@@ -10,9 +10,10 @@ Entry point: :func:`run_stage2` (CLI: ``llavarad train stage2 --config configs/s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from llavarad.config import config_to_dict
 from llavarad.train.export import gather_trained_model, write_summary
@@ -54,12 +55,13 @@ def freeze_for_stage2(model) -> None:
         p.requires_grad_(True)
 
 
-def run_stage2(cfg: Stage2Config) -> Path:
+def run_stage2(cfg: Stage2Config, *, callbacks: Sequence[Any] = ()) -> Path:
     """Train the projector of the model folder ``cfg.model``; write a model folder to ``cfg.output_dir``.
 
     Resumes from the newest checkpoint in ``output_dir`` (``resume=auto``); the final folder holds
     the weights, tokenizer, processor, ``llavarad.json`` (prompt format "plain", this config), the
-    loss/lr log ``train_log.jsonl`` and ``train_summary.json``.
+    loss/lr log ``train_log.jsonl`` and ``train_summary.json``. ``callbacks``: extra
+    ``transformers.TrainerCallback`` objects (the CLI's progress bar).
     """
     out = Path(cfg.output_dir)
     bundle = load_bundle(cfg)
@@ -68,7 +70,7 @@ def run_stage2(cfg: Stage2Config) -> Path:
     trainable, total = count_parameters(model)
     logger.info("stage 2: training %d of %d parameters (projector only)", trainable, total)
     train_ds, val_ds = build_datasets(cfg, bundle, cfg.prompt_format)
-    trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage2")
+    trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage2", callbacks=callbacks)
     resume = resolve_resume(cfg)
     if resume:
         logger.info("stage 2: resuming from %s", resume)

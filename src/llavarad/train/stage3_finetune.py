@@ -12,9 +12,10 @@ Entry point: :func:`run_stage3` (CLI: ``llavarad train stage3 --config configs/s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from llavarad.config import config_to_dict
 from llavarad.train.export import gather_trained_model, write_summary
@@ -62,12 +63,12 @@ class Stage3Config(TrainConfig):
             raise ValueError("; ".join(problems))
 
 
-def run_stage3(cfg: Stage3Config) -> Path:
+def run_stage3(cfg: Stage3Config, *, callbacks: Sequence[Any] = ()) -> Path:
     """LoRA-fine-tune the model folder ``cfg.model``; write the result to ``cfg.output_dir``.
 
     With ``export=merged`` the output is an ordinary model folder (prompt format "v1"); with
     ``export=adapter`` it is a peft adapter folder (LoRA + projector) that names its base model,
-    to merge later with ``llavarad merge-lora``. Logs and summary as in stage 2.
+    to merge later with ``llavarad merge-lora``. Logs, summary and ``callbacks`` as in stage 2.
     """
     out = Path(cfg.output_dir)
     bundle = load_bundle(cfg)
@@ -83,7 +84,8 @@ def run_stage3(cfg: Stage3Config) -> Path:
     train_ds, val_ds = build_datasets(cfg, bundle, cfg.prompt_format)
     # the config guarantees vision_tower_lr is only set when the tower trains
     group_lrs = {"vision_tower": cfg.vision_tower_lr} if cfg.vision_tower_lr is not None else None
-    trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage3", group_lrs=group_lrs)
+    trainer = make_trainer(cfg, model, bundle, train_ds, val_ds, stage="stage3", group_lrs=group_lrs,
+                           callbacks=callbacks)
     resume = resolve_resume(cfg)
     if resume:
         logger.info("stage 3: resuming from %s", resume)

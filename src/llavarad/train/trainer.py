@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from llavarad.config import config_to_dict
 from llavarad.train.callbacks import ConfigSnapshotCallback, JsonlLogCallback
@@ -21,7 +22,7 @@ from llavarad.train.settings import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupLrTrainer", "last_complete_checkpoint", "make_trainer", "resolve_resume", "use_bf16"]
+__all__ = ["GroupLrTrainer", "last_complete_checkpoint", "make_trainer", "quiet", "resolve_resume", "use_bf16"]
 
 
 def last_complete_checkpoint(folder: str | Path) -> str | None:
@@ -97,13 +98,14 @@ class GroupLrTrainer(Trainer):
 
 
 def make_trainer(cfg: TrainConfig, model, bundle, train_ds, val_ds, *, stage: str,
-                 group_lrs: dict[str, float] | None = None):
+                 group_lrs: dict[str, float] | None = None, callbacks: Sequence[TrainerCallback] = ()):
     """A configured ``transformers.Trainer`` with the collator, JSONL logs and config snapshots.
 
     ``group_lrs`` maps a parameter-name fragment (e.g. ``"vision_tower"``) to that group's peak
     learning rate (the schedule scales every group alike); other parameters use the run's rate.
     With DeepSpeed this needs the optimizer to come from the Trainer (no ``optimizer`` section in
-    the DeepSpeed config, as in the shipped ones).
+    the DeepSpeed config, as in the shipped ones). ``callbacks``: extra callbacks (the CLI's
+    progress bar); the Trainer's own printing of raw log dicts is removed (:func:`quiet`).
     """
     from transformers import TrainingArguments
 
@@ -156,6 +158,16 @@ def make_trainer(cfg: TrainConfig, model, bundle, train_ds, val_ds, *, stage: st
     config_dict = {"stage": stage, **config_to_dict(cfg)}
     trainer = GroupLrTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-        callbacks=[JsonlLogCallback(Path(cfg.output_dir) / "train_log.jsonl"), ConfigSnapshotCallback(config_dict)],
+        callbacks=[JsonlLogCallback(Path(cfg.output_dir) / "train_log.jsonl"), ConfigSnapshotCallback(config_dict),
+                   *callbacks],
         group_lrs=group_lrs)
+    return quiet(trainer)
+
+
+def quiet(trainer: Trainer) -> Trainer:
+    """Remove the callback that prints raw log dicts to stdout (``disable_tqdm`` puts it there):
+    the JSONL log keeps every value, the CLI's progress bar shows the headline."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     return trainer
