@@ -36,17 +36,20 @@ def openi_reports(shared_data: Path, n: int) -> list[dict[str, str]]:
     return rows
 
 
-def make_own_data(shared_data: Path, root: Path, n_patients: int = 6, seed: int = 0) -> OwnData:
-    """An archive of ``n_patients`` x 2 studies plus oddities, and a report CSV for all but the last study.
+def make_own_data(shared_data: Path, root: Path, n_patients: int = 6, seed: int = 0,
+                  n_reported: int | None = None) -> OwnData:
+    """An archive of ``n_patients`` x 2 studies plus oddities, and a report CSV for all but the last study
+    (or only for the first ``n_reported`` studies: an archive larger than the report dump).
 
     The third study's report has no header (all text, no FINDINGS:); two reports name accession
     numbers no study has.
     """
     plan = make_archive([shared_data / "images" / n for n in DICOMS], root / "export", n_patients, seed=seed)
-    sources = openi_reports(shared_data, len(plan.studies) + 2)
+    reported = plan.studies[:-1] if n_reported is None else plan.studies[:n_reported]
+    sources = openi_reports(shared_data, len(reported) + 2)
     texts: dict[str, str] = {}
     headerless = [plan.studies[2].accession]
-    for study, row in zip(plan.studies[:-1], sources):
+    for study, row in zip(reported, sources):
         if study.accession in headerless:
             texts[study.accession] = row["findings"]
         else:
@@ -61,4 +64,40 @@ def make_own_data(shared_data: Path, root: Path, n_patients: int = 6, seed: int 
             w.writerow([acc, text, "from the RIS"])
         for acc, row in zip(extra, sources[-2:]):
             w.writerow([acc, f"FINDINGS: {row['findings']}", ""])
-    return OwnData(plan, path, texts, [plan.studies[-1].accession], extra, headerless)
+    without = [st.accession for st in plan.studies if st.accession not in texts]
+    return OwnData(plan, path, texts, without, extra, headerless)
+
+
+def llavarad_command() -> list[str]:
+    """The installed ``llavarad`` console script of this interpreter's environment."""
+    import sys
+
+    return [str(Path(sys.executable).with_name("llavarad"))]
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def kill_while_reading_headers(cmd: list[str], state: Path, n_files: int, tries: int = 5) -> int:
+    """Run ``cmd`` (an import with ``--restart``) and SIGKILL it once its state file has rows but not
+    all of them; return how many headers it had finished. Retries when the kill came too late."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    for _ in range(tries):
+        state.unlink(missing_ok=True)
+        proc = subprocess.Popen([*cmd, "--restart"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while _lines(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        if 1 < _lines(state) <= n_files:  # the meta line plus some, not all, headers
+            return _lines(state) - 1
+    raise AssertionError(f"could not kill the import while it was reading headers in {tries} tries")

@@ -5,16 +5,12 @@ serial, and a SIGKILL mid-import followed by a rerun that equals an uninterrupte
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from own_data_archive import make_own_data
+from own_data_archive import kill_while_reading_headers, llavarad_command, make_own_data
 
 from llavarad.cli import main
 from llavarad.data.importers._dicom_headers import classify, iter_files, read_header
@@ -168,36 +164,15 @@ def test_cli_import_and_build_local(own, tmp_path, capsys):
     assert "inside the DICOM tree" in capsys.readouterr().err and not inside.parent.exists()
 
 
-def _rows(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def test_kill_mid_import_then_rerun_equals_uninterrupted_run(shared_data, tmp_path, imported):
+def test_kill_mid_import_then_rerun_equals_uninterrupted_run(shared_data, tmp_path):
     own = make_own_data(shared_data, tmp_path, n_patients=60, seed=1)  # ~200 files
-    cmd = [str(Path(sys.executable).with_name("llavarad")), "data", "import", "dicom", str(own.plan.root), "--reports",
-           str(own.reports), "--max-unreadable", "1", "--workers", "2"]
+    cmd = [*llavarad_command(), "data", "import", "dicom", str(own.plan.root), "--reports", str(own.reports),
+           "--max-unreadable", "1", "--workers", "2"]
     ref = tmp_path / "ref" / "m.jsonl"
     assert subprocess.run([*cmd, "--out", str(ref)], capture_output=True, timeout=120, check=False).returncode == 0
     out = tmp_path / "killed" / "m.jsonl"
-    state = output_paths(out)["state"]
-    for _attempt in range(5):
-        output_paths(out)["state"].unlink(missing_ok=True)
-        proc = subprocess.Popen([*cmd, "--out", str(out), "--restart"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while _rows(state) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.001)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        if 1 < _rows(state) <= own.plan.files:  # killed while headers were being read
-            break
-    else:
-        pytest.fail("could not kill the import while it was reading headers in 5 tries")
+    done = kill_while_reading_headers([*cmd, "--out", str(out)], output_paths(out)["state"], own.plan.files)
     assert not out.exists()
-    done = _rows(state) - 1
     rerun = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{own.plan.files - done:,} headers read now" in rerun.stdout
