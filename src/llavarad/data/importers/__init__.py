@@ -14,6 +14,9 @@ object-cxr         :mod:`.objectcxr`                          label (foreign obj
 padchest           :mod:`.padchest`                           Spanish report
 openi              :mod:`.openi`                              report sections (XML)
 =================  =========================================  ===============================
+
+A hospital's own PACS export with its RIS or FHIR reports is imported by
+:func:`llavarad.data.importers.dicom_archive.import_dicom_archive` (``llavarad data import dicom``).
 """
 
 from __future__ import annotations
