@@ -178,3 +178,16 @@ def test_kill_mid_import_then_rerun_equals_uninterrupted_run(shared_data, tmp_pa
     assert f"{own.plan.files - done:,} headers read now" in rerun.stdout
     for name in ("manifest", "problems"):
         assert output_paths(out)[name].read_bytes() == output_paths(ref)[name].read_bytes(), name
+
+
+def test_a_whole_row_without_its_newline_is_read_again(own, imported, tmp_path):
+    """A kill between a row's text and its newline: the writer drops the row, so the rerun reads that file."""
+    ref, _ = imported
+    out = tmp_path / "m.jsonl"
+    import_dicom_archive(own.plan.root, own.reports, out, DicomImportConfig(workers=1))
+    state = output_paths(out)["state"]
+    lines = state.read_bytes().splitlines(keepends=True)
+    state.write_bytes(b"".join(lines[:5]) + lines[5].rstrip(b"\n"))  # meta + 4 rows + a row missing "\n"
+    s = import_dicom_archive(own.plan.root, own.reports, out, DicomImportConfig(workers=1))
+    assert s.headers_read_now == own.plan.files - 4
+    assert out.read_bytes() == ref.read_bytes()

@@ -193,11 +193,10 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _load_state(db: sqlite3.Connection, state: Path, root: Path, restart: bool) -> bool:
-    """Index the paths of an earlier run's state file; return whether it needs its meta line."""
+def _load_state(db: sqlite3.Connection, state: Path, root: Path) -> bool:
+    """Index the paths of an earlier run's state file (already repaired by its writer); return
+    whether the file still needs its meta line."""
     db.execute("CREATE TABLE done (path TEXT PRIMARY KEY)")
-    if restart and state.exists():
-        state.unlink()
     if not state.exists() or state.stat().st_size == 0:
         return True
     batch: list[tuple[str]] = []
@@ -268,11 +267,13 @@ def _pooled(root: str, batches: Iterator[list[str]], workers: int) -> Iterator[l
 def _scan_headers(db: sqlite3.Connection, root: Path, state: Path, cfg: DicomImportConfig,
                   progress: Progress | None) -> int:
     """Phase 1: read the header of every file not yet in ``state``; return how many were read now."""
-    needs_meta = _load_state(db, state, root, cfg.restart)
+    if cfg.restart:
+        state.unlink(missing_ok=True)
     counter: Counter = Counter()
     n_new = 0
+    # the writer cuts a torn last line first, so a row is "done" only if it is whole in the file
     with JsonlWriter(state, key=None, resume=True, fsync=False) as writer:
-        if needs_meta:
+        if _load_state(db, state, root):
             writer.write({"meta": {"root": str(root), "format": _STATE_FORMAT}})
         for results in _pooled(str(root), _batches(_new_files(db, root, counter), cfg.batch), cfg.workers):
             for row in results:
