@@ -13,6 +13,7 @@ import io
 import logging
 import random
 import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -189,6 +190,29 @@ def test_errors_and_logs_never_carry_the_input(server, images, caplog):
     ok = _post(server.url, images[DCM], indication=marker)
     assert ok.status_code == 200
     assert marker not in caplog.text and ok.json()["findings"] not in caplog.text
+    tagged_dicom = _dicom_with_patient_tags(images[DCM], marker)
+    caplog.clear()  # building the file above logs pydicom's own complaints about the invalid values
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tagged = _post(server.url, tagged_dicom)
+    assert tagged.status_code == 200
+    assert marker not in tagged.text
+    assert marker not in caplog.text
+    assert not [w for w in caught if marker in str(w.message)]
+
+
+def _dicom_with_patient_tags(data: bytes, marker: str) -> bytes:
+    """The DICOM with the marker in its patient tags, some of them invalid for their VR."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PatientName = marker
+    ds.PatientID = marker
+    ds.add_new((0x0010, 0x0030), "DA", marker)  # PatientBirthDate: not a date
+    ds.add_new((0x0008, 0x1030), "LO", marker * 4)  # StudyDescription: over 64 characters
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def test_read_cxr_from_memory_equals_from_file(images, shared_data):
