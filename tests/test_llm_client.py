@@ -281,7 +281,7 @@ def test_requests_per_minute_paces_the_batch():
         t0 = time.monotonic()
         client.run(reqs)
         elapsed = time.monotonic() - t0
-    assert len(srv.requests) == 4 and 0.8 <= elapsed < 5.0
+    assert len(srv.requests) == 4 and elapsed >= 0.8  # the limiter made the batch wait (a bound from below only)
 
 
 def test_tokens_per_minute_admits_a_request_larger_than_the_bucket():

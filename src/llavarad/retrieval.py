@@ -37,7 +37,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from llavarad.evaluate.embedding import compute_ranks, embedding_validation_metrics, positive_groups  # noqa: F401 - re-exported
+from llavarad.evaluate.embedding import (  # noqa: F401 - re-exported
+    compute_ranks,
+    embedding_validation_metrics,
+    positive_groups,
+)
 from llavarad.io.manifest import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -197,7 +201,11 @@ def chance_recall(texts: Sequence[str], k: int, positives: Literal["same_text", 
 def rank_metrics(ranks: np.ndarray, *, n_resamples: int = 500, seed: int = 0,
                  confidence: float = 0.95) -> dict[str, dict[str, float]]:
     """Recall@1/5/10 (percent), mean and median rank of ``(N,)`` ranks, with paired bootstrap CIs."""
-    from llavarad.evaluate.bootstrap import bootstrap_ci, bootstrap_mean_ci, resample_counts
+    from llavarad.evaluate.bootstrap import (
+        bootstrap_ci,
+        bootstrap_mean_ci,
+        resample_counts,
+    )
 
     ranks = np.asarray(ranks, dtype=np.float64)
     counts = resample_counts(ranks.size, n_resamples, seed)

@@ -14,7 +14,7 @@ from llm_fake_server import Reply, ScriptedServer, Status, Trickle
 
 from llavarad.chexprompt import ChexpromptConfig, run_chexprompt
 from llavarad.chexprompt.judge import RESULTS_FILE, locked_output, read_results
-from llavarad.llm import LLMConfig
+from llavarad.llm import LLMConfig, ReplyCache
 from llavarad.prompts.chexprompt import ERROR_TYPES
 
 GOOD = {f"g{i}": (f"Reference {i}: small left pleural effusion.", f"Candidate {i}: left effusion, heart normal.")
@@ -45,8 +45,8 @@ def good_responder(body: dict, index: int) -> Reply:
 
 
 def llm(srv: ScriptedServer, **kw: object) -> LLMConfig:
-    base = dict(backend="openai_compatible", base_url=srv.base_url, model="judge", cache_path=None, concurrency=2,
-                max_retries=2, max_parse_retries=1, backoff_base_s=0.001, backoff_max_s=0.01, timeout_s=5.0)
+    base = {"backend": "openai_compatible", "base_url": srv.base_url, "model": "judge", "cache_path": None, "concurrency": 2,
+            "max_retries": 2, "max_parse_retries": 1, "backoff_base_s": 0.001, "backoff_max_s": 0.01, "timeout_s": 5.0}
     return LLMConfig(**{**base, **kw})
 
 
@@ -145,12 +145,14 @@ def test_bad_usage_is_a_clear_error_not_a_crash(tmp_path, clean_rows, usage, mes
     result, rows, srv = hostile_run(tmp_path, lambda i: Status(200, body=body), cache_path=str(tmp_path / "c.sqlite"))
     assert not rows["bad"]["ok"] and message in rows["bad"]["error"] and "gave up after 3 attempt(s)" in rows["bad"]["error"]
     assert result["usage"]["this_run"]["prompt_tokens"] >= 0 and result["n"] == 4
+    assert sum(candidate_of(r["body"]) == HOSTILE for r in srv.requests) == 3
+    assert len(ReplyCache(tmp_path / "c.sqlite")) == 4  # the good replies only; the bad usage never reached SQLite
     assert_good_rows_identical(tmp_path / "o", clean_rows)
 
 
 def test_deeply_nested_body_is_a_malformed_response(tmp_path, clean_rows):
     deep = '{"a":' * 20000 + "1" + "}" * 20000
-    result, rows, _ = hostile_run(tmp_path, lambda i: Status(200, body=deep))
+    _, rows, _ = hostile_run(tmp_path, lambda i: Status(200, body=deep))
     assert not rows["bad"]["ok"] and "malformed response body" in rows["bad"]["error"]
     assert_good_rows_identical(tmp_path / "o", clean_rows)
 
@@ -159,7 +161,7 @@ def test_deeply_nested_body_is_a_malformed_response(tmp_path, clean_rows):
 def test_retry_after_is_capped_and_the_wait_is_announced(tmp_path, clean_rows, caplog, retry_after):
     replies = iter([Status(429, headers={"Retry-After": retry_after}), Reply(answer_for(HOSTILE))])
     with caplog.at_level(logging.WARNING, logger="llavarad.llm.client"):
-        result, rows, _ = hostile_run(tmp_path, lambda i: next(replies), retry_after_max_s=0.2, concurrency=1)
+        _, rows, _ = hostile_run(tmp_path, lambda i: next(replies), retry_after_max_s=0.2, concurrency=1)
     assert rows["bad"]["ok"] and rows["bad"]["attempts"] == 2
     waits = [r.getMessage() for r in caplog.records if "Retry-After" in r.getMessage()]
     assert len(waits) == 1 and "waiting 0.2 s (capped by llm.retry_after_max_s)" in waits[0]
@@ -169,10 +171,10 @@ def test_retry_after_is_capped_and_the_wait_is_announced(tmp_path, clean_rows, c
 def test_a_trickling_server_cannot_hold_a_request_past_the_timeout(tmp_path, clean_rows):
     # ~300 bytes at one byte per 0.3 s would take ~90 s; every read is quick, so only a bound on the
     # whole request stops it
-    result, rows, srv = hostile_run(tmp_path, lambda i: Trickle(answer_for(HOSTILE), interval_s=0.3),
-                                    timeout_s=0.8, max_retries=1)
+    _, rows, srv = hostile_run(tmp_path, lambda i: Trickle(answer_for(HOSTILE), interval_s=0.3),
+                               timeout_s=0.8, max_retries=1)
     assert not rows["bad"]["ok"] and "no complete reply within 0.8 s" in rows["bad"]["error"]
-    assert rows["bad"]["attempts"] == 2
+    assert rows["bad"]["attempts"] == 2 and sum(candidate_of(r["body"]) == HOSTILE for r in srv.requests) == 2
     assert_good_rows_identical(tmp_path / "o", clean_rows)
 
 

@@ -24,7 +24,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ class ReleasePrompt:
     source: Path
     version: str
     sha256: str
-    placeholders: tuple[str, ...] = field(default=("examples_formatted", "eval_reference", "eval_candidate"))
 
     @property
     def prompt_version(self) -> str:

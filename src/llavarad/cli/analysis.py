@@ -46,7 +46,13 @@ def retrieval(ctx: click.Context, manifest: str, encoders: tuple[str, ...], name
           --out results/retrieval
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.table import Table
 
     from llavarad.io.manifest import ManifestError
