@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("dicomweb_client")
 pytest.importorskip("highdicom")
 
+from dicom3tools import DCIODVFY, dciodvfy_errors
 from orthanc_server import OrthancServer, orthanc_missing_reason
 
 from llavarad.report_formats import ModelInfo
@@ -76,12 +77,20 @@ def make_studies(shared_data: Path, copies: int = 1) -> tuple[list, dict[str, ob
                                                                                    generate_uid())
     lateral.ViewPosition, lateral.PatientName, lateral.PatientID = "LL", SECRET_NAME, SECRET_ID
     lateral.StudyDate = "20240105"
+    # An AP image in the first study (a second series): the PA image must still be the one drafted from.
+    ap = pydicom.dcmread(shared_data / "images" / REAL[1])
+    ap.StudyInstanceUID, ap.SeriesInstanceUID, ap.SOPInstanceUID = (datasets[0].StudyInstanceUID, generate_uid(),
+                                                                    generate_uid())
+    ap.ViewPosition, ap.PatientName, ap.PatientID = "AP", SECRET_NAME, datasets[0].PatientID
+    hand = pydicom.dcmread(shared_data / "images" / REAL[0])  # not a chest image
+    hand.StudyInstanceUID, hand.SeriesInstanceUID, hand.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    hand.BodyPartExamined, hand.PatientName, hand.PatientID, hand.StudyDate = "HAND", SECRET_NAME, SECRET_ID, "20240105"
     broken = pydicom.dcmread(shared_data / "images" / REAL[2], force=True)
     broken.StudyInstanceUID, broken.SeriesInstanceUID, broken.SOPInstanceUID = (generate_uid(), generate_uid(),
                                                                                 generate_uid())
     broken.PatientName, broken.PatientID, broken.StudyDate = SECRET_NAME, SECRET_ID, "20100101"
     broken.Rows = int(broken.Rows) * 2  # the pixel data is now half of what the header says
-    return [*datasets, _part10(lateral), _part10(broken)], expected
+    return [*datasets, _part10(ap), _part10(lateral), _part10(hand), _part10(broken)], expected
 
 
 @pytest.fixture
@@ -135,7 +144,7 @@ def test_loop_drafts_each_study_once_and_reruns_add_nothing(orthanc, loaded, dra
     cfg = config(orthanc, tmp_path, login, max_attempts=2)
     caplog.set_level(logging.DEBUG)
     first = run_loop(cfg, generator, info, once=True)
-    assert (first.found, first.stored, first.no_frontal, first.failed) == (5, 3, 1, 1)
+    assert (first.found, first.stored, first.no_frontal, first.failed) == (6, 3, 2, 1)
     assert "ImageReadError" in first.errors[0]["error"]
 
     for study_uid, source in loaded.items():
@@ -152,6 +161,9 @@ def test_loop_drafts_each_study_once_and_reruns_add_nothing(orthanc, loaded, dra
         assert str(sr.PatientName) == SECRET_NAME and sr.PatientID == source.PatientID  # where DICOM puts them
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert evidence.SeriesInstanceUID == source.SeriesInstanceUID
+        if DCIODVFY:  # the SR as the PACS serves it back is valid too
+            sr.save_as(tmp_path / "back.dcm", enforce_file_format=True)
+            assert dciodvfy_errors(tmp_path / "back.dcm")[0] == []
 
     # Privacy: names and IDs never reach a log line, the state file or an error message.
     state_text = cfg.state_path.read_text(encoding="utf-8")
@@ -159,7 +171,7 @@ def test_loop_drafts_each_study_once_and_reruns_add_nothing(orthanc, loaded, dra
         assert secret not in caplog.text and secret not in state_text and secret not in str(first.errors)
 
     second = run_loop(cfg, generator, info, once=True)  # state file: finished studies are not touched
-    assert (second.stored, second.skipped_done, second.failed) == (0, 4, 1)
+    assert (second.stored, second.skipped_done, second.failed) == (0, 5, 1)
     third = run_loop(cfg, generator, info, once=True)  # the damaged study was tried max_attempts times
     assert (third.failed, third.gave_up) == (0, 1)
 
@@ -182,7 +194,7 @@ def test_since_limits_the_search_and_errors_name_the_problem(orthanc, loaded, dr
         summary = run_pass(cfg.client(), generator, info, cfg, state)
     finally:
         state.close()
-    assert summary.found == 4  # the damaged study is from 2010
+    assert summary.found == 5  # the damaged study is from 2010
     with pytest.raises(PacsError, match="in the future"):
         config(orthanc, tmp_path, login, since=dt.date.today() + dt.timedelta(days=2))
 
@@ -262,6 +274,6 @@ def test_pacs_cli_once(orthanc, loaded, tiny_model_dir, tmp_path, login, capsys)
             str(tmp_path / "state.jsonl"), "--auth", "basic", "--auth-env", login, "--max-new-tokens", "4"]
     assert main(argv) == 1  # one damaged study
     out = capsys.readouterr()
-    assert "5 studies found: 3 drafted and stored" in out.out and "failed study" in out.err
+    assert "6 studies found: 3 drafted and stored" in out.out and "failed study" in out.err
     assert SECRET_NAME not in out.out + out.err and SECRET_ID not in out.out + out.err
     assert main(["pacs", "--dicomweb", "ftp://x", "--model", str(tiny_model_dir), "--once"]) != 0

@@ -6,13 +6,13 @@ import base64
 import hashlib
 import json
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("highdicom")
 pytest.importorskip("fhir.resources")
+
+from dicom3tools import DCIODVFY, dciodvfy_errors
 
 from llavarad.report_formats import (
     DraftReport,
@@ -26,16 +26,6 @@ from llavarad.report_formats import (
 DICOMS = ("siim_pa_jpeg_baseline.dcm", "siim_pa_flagged_monochrome1.dcm", "cr_monochrome1_10bit_nopreamble.dcm")
 MODEL = ModelInfo("tiny-test", "llavarad 0.1.0 weights 0123456789ab", {"max_new_tokens": 256, "prompt_format": "v1"})
 FINDINGS = "The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal."
-DCIODVFY = shutil.which("dciodvfy")
-
-
-def dciodvfy_errors(path: Path) -> tuple[list[str], list[str]]:
-    """(error lines, warning lines) of dicom3tools' dciodvfy for a file."""
-    out = subprocess.run([DCIODVFY, str(path)], check=False, capture_output=True, text=True, timeout=60)
-    lines = (out.stdout + out.stderr).splitlines()
-    return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
-
-
 def content_items(ds, path=()):
     """Flatten an SR content tree into (concept-name meaning path, item) pairs."""
     for item in getattr(ds, "ContentSequence", []):
