@@ -226,6 +226,22 @@ def test_on_result_exception_stops_the_batch():
     assert len(srv.requests) == 1
 
 
+def test_an_interrupt_leaves_no_request_running_in_the_client():
+    reqs = [ChatRequest(str(i), [{"role": "user", "content": str(i)}], "t") for i in range(20)]
+    with ScriptedServer(responder=lambda b, i: Reply("x", delay_s=0.1)) as srv:
+        client = LLMClient(make_cfg(srv, concurrency=4))
+
+        def interrupt(r):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            client.run(reqs, on_result=interrupt)
+        sent = len(srv.requests)
+        client.close()  # runs the loop once more: nothing of the interrupted batch may resume
+        time.sleep(0.3)
+    assert sent <= 4 and len(srv.requests) == sent
+
+
 def test_repeated_samples_have_distinct_cache_keys_and_seeds(tmp_path):
     with ScriptedServer(responder=lambda b, i: Reply(json.dumps({"n": i}))) as srv:
         client = LLMClient(make_cfg(srv, tmp_path, seed=3))

@@ -174,7 +174,20 @@ class LLMClient:
         with self._batch_lock:
             if self._loop.is_closed():
                 raise RuntimeError("this LLMClient is closed; make a new one")
-            return self._loop.run_until_complete(self._run_batch(reqs, on_result))
+            try:
+                return self._loop.run_until_complete(self._run_batch(reqs, on_result))
+            except BaseException:
+                # KeyboardInterrupt / SystemExit leave the loop at once with the batch's tasks still
+                # pending; cancel them now, or the next use of the loop (even close()) would resume them
+                self._cancel_leftovers()
+                raise
+
+    def _cancel_leftovers(self) -> None:
+        pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     def chat(self, request: ChatRequest) -> ChatResult:
         """Run a single request (same semantics as :meth:`run`)."""
