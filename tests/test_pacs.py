@@ -218,6 +218,20 @@ def test_bearer_token_from_a_file_is_sent(httpserver, tmp_path, drafting):
     assert summary.found == 0 and len(httpserver.log) == 2  # one QIDO per modality (CR, DX)
 
 
+def test_a_pacs_failing_mid_pass_costs_no_study_an_attempt(httpserver, tmp_path, drafting):
+    from llavarad.pacs import PacsConfig, PacsError, run_loop
+
+    study = {"0020000D": {"vr": "UI", "Value": ["1.2.3.4"]}}
+    httpserver.expect_request("/dicom-web/studies").respond_with_json([study])
+    httpserver.expect_request("/dicom-web/studies/1.2.3.4/series").respond_with_data("busy", status=503)
+    cfg = PacsConfig(httpserver.url_for("/dicom-web"), state_path=tmp_path / "s.jsonl", poll_seconds=1.0)
+    waits: list[float] = []
+    run_loop(cfg, *drafting, max_passes=2, sleep=waits.append)
+    assert waits == [2.0] and cfg.state_path.read_text() == ""  # backed off; nothing charged to the study
+    with pytest.raises(PacsError, match="HTTP 503"):
+        run_loop(cfg, *drafting, once=True)
+
+
 def test_unreachable_pacs_backs_off_and_once_fails_fast(tmp_path, drafting):
     import socket
 

@@ -169,7 +169,9 @@ def run_pass(client: DICOMwebClient, generator: ReportGenerator, model: ModelInf
         private = [str(v) for v in (value(item, "PatientName"), value(item, "PatientID")) if v]
         try:
             status, extra = _process(client, generator, model, config, uid, description, private)
-        except Exception as exc:  # noqa: BLE001 - one study's failure is recorded; the pass goes on
+        except Exception as exc:  # one study's failure is recorded; the pass goes on
+            if _pacs_unavailable(exc):  # not this study's fault: end the pass, the loop backs off
+                raise
             message = _scrub(f"{type(exc).__name__}: {exc}", private)
             state.record(uid, "failed", attempts=attempts + 1, error=message)
             summary.failed += 1
@@ -213,6 +215,18 @@ def _process(client: DICOMwebClient, generator: ReportGenerator, model: ModelInf
                 frontal.view or "unknown")
     return "stored", {"sr_series": str(sr.SeriesInstanceUID), "sr_sop": str(sr.SOPInstanceUID),
                       "source_sop": frontal.sop_uid, "view": frontal.view}
+
+
+def _pacs_unavailable(exc: BaseException) -> bool:
+    """A PACS that is down, overloaded or refusing us (connection error, timeout, 401/403/429/502/503/504),
+    as opposed to a problem with one study; such errors must not use up the study's attempts."""
+    import requests
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return True
+    response = getattr(exc, "response", None)
+    return isinstance(exc, requests.HTTPError) and response is not None and response.status_code in (
+        401, 403, 429, 502, 503, 504)
 
 
 def _scrub(text: str, private: list[str]) -> str:
