@@ -24,10 +24,13 @@ class _ImportGroup(click.Group):
         self.datasets_cmd = datasets_cmd
         self.add_command(dicom_cmd)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
-        if args and args[0] in self.commands:
-            return super().resolve_command(ctx, args)
-        return self.datasets_cmd.name, self.datasets_cmd, args
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        # `data import <dataset> ROOT ...`: the original command parses and runs in a context of its own
+        # under the same name, so its usage lines and errors read exactly as before
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            return self.datasets_cmd.make_context(info_name, args, parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         self.datasets_cmd.format_help(ctx, formatter)
