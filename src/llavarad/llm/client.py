@@ -198,6 +198,7 @@ class LLMClient:
         with self._batch_lock:
             if not self._loop.is_closed():
                 self._loop.run_until_complete(self.backend.aclose())
+                self._loop.run_until_complete(self._loop.shutdown_default_executor())  # in-process backend's thread
                 self._loop.close()
         if self.cache is not None:
             self.cache.close()
