@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,16 @@ def test_templates_refuse_unknown_and_contradictory_labels(run):
     r = run("data", "templates", "--labels", '{"No Finding": 1, "Cardiomegaly": 1}')
     assert r.rc == 1 and "contradict" in r.err
     assert run("data", "templates", "--labels", '{"No Finding": 1, "Support Devices": 1}').rc == 0
+
+
+def test_repeats_that_disagree_leave_no_record(run, tmp_path):
+    root = make_objectcxr(tmp_path / "bad")
+    _append(root / "train.csv", "00001.jpg,\n00002.jpg,\n")  # 00001 now both positive and negative; 00002 repeated
+    out = tmp_path / "m.jsonl"
+    r = run("data", "import", "object-cxr", root, "--out", out)
+    recs = {x["id"]: x for x in map(json.loads, out.read_text().splitlines())}
+    assert "object-cxr/train/00001.jpg" not in recs  # no one can tell which row is right
+    assert recs["object-cxr/train/00002.jpg"]["source_labels"]["Foreign Object"] == 0.0
+    problems = (tmp_path / "m.problems.jsonl").read_text()
+    assert "with different content; neither is kept" in problems and "only the first is kept" in problems
+    assert "2 problem row(s)" in r.out

@@ -148,7 +148,7 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
       llavarad data import mimic-cxr /data/mimic-cxr-jpg/2.0.0 --reports /data/mimic-cxr-reports/files --out mimic.jsonl
       llavarad data import openi /data/openi --metadata nlmcxr_dicom_metadata.csv.gz --out openi.jsonl
     """
-    from llavarad.data.importers import DatasetLayoutError, ImportProblem, import_dataset
+    from llavarad.data.importers import DatasetLayoutError, DuplicateIds, ImportProblem, import_dataset
     from llavarad.io.manifest import JsonlWriter, write_manifest
 
     options: dict[str, Any] = {}
@@ -170,6 +170,7 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
         options["min_votes"] = min_votes
     problems_path = out.with_name(out.name.replace(".jsonl", "") + ".problems.jsonl")
     n_problems = 0
+    duplicates = DuplicateIds()
     try:
         with JsonlWriter(problems_path, key="where", resume=False, fsync=False) as problems, \
                 _progress(f"import {dataset}") as bar:
@@ -177,7 +178,7 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
 
             def records() -> Any:
                 nonlocal n_problems
-                for item in import_dataset(dataset, root, **options):
+                for item in import_dataset(dataset, root, duplicates=duplicates, **options):
                     if isinstance(item, ImportProblem):
                         n_problems += 1
                         problems.write(item.to_dict())
@@ -191,6 +192,7 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
                     yield item
 
             n = write_manifest(records(), out)
+        n -= duplicates.remove_from(out)  # repeats that disagree: no record at all (each is listed as a problem)
     except (DatasetLayoutError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{dataset}: wrote {n:,} records to {out}; {n_problems:,} problem row(s)"

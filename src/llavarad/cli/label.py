@@ -58,6 +58,10 @@ def register(group: click.Group) -> None:
 
         out = check_output(out or file.with_name(file.stem + ".labels.csv"), [file])
         column, rows = read_reports(file, text_column)
+        if not rows:  # an empty output would look like a successful run
+            from llavarad.errors import InputError
+
+            raise InputError(f"{file}: no reports to label (the file has no rows)")
         if labeler_name == "rules":
             labeler = get_labeler("rules", alternatives=alternatives, probable=probable)
         else:
