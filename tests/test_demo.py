@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llavarad.phantom.demo import DemoConfig, _card_markdown, run_demo  # noqa: E402
+from llavarad.phantom.demo import DemoConfig, run_demo  # noqa: E402
+from llavarad.phantom.report_card import card_markdown  # noqa: E402
 from llavarad.model.processor import IGNORE_INDEX  # noqa: E402
 from llavarad.phantom.lm_pretrain import LmPretrainConfig, _encode, lm_training_texts, pretrain_lm  # noqa: E402
 
@@ -138,7 +139,7 @@ def test_report_card_markdown_lists_metrics_losses_times_and_examples():
             "losses": {"stage2": {"first": 3.2, "final": 0.5}},
             "timings_s": {"stage2": 12.5, "total": 12.5}, "cpu_s": {"stage2": 20.0, "total": 20.0},
             "examples": [{"id": "ph1", "indication": "Cough.", "reference": "A | B", "prediction": "A"}]}
-    md = _card_markdown(card)
+    md = card_markdown(card)
     assert "| Micro-F1-14 | 91.5 | 80.0-99.0 |" in md
     assert "| stage2 | 3.200 | 0.500 |" in md and "| stage2 | 12.5 | 20.0 |" in md
     assert "| A / B | A |" in md
@@ -191,11 +192,15 @@ def test_demo_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
                      lm=LmPretrainConfig(preset="tiny", steps=5, batch_size=4, vocab_size=400, warmup_steps=1))
     card = run_demo(cfg, tmp_path / "demo")
     out = tmp_path / "demo"
-    for name in ("report_card.md", "report_card.json", "predictions.jsonl", "eval/metrics.json",
-                 "stage3/llavarad.json", "stage1/image_encoder/config.json"):
+    for name in ("report_card.md", "report_card.json", "report_card.html", "predictions.jsonl", "eval/metrics.json",
+                 "eval/per_observation_f1.png", "explain/chosen.json", "stage3/llavarad.json",
+                 "stage1/image_encoder/config.json"):
         assert (out / name).is_file(), name
+    page = (out / "report_card.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "http" not in page  # plot, heat map, phantoms inline
     assert card["data"]["evaluated"] == card["data"]["splits"]["test"]
-    assert set(card["timings_s"]) >= {"phantoms", "lm", "stage1", "init", "stage2", "stage3", "generate", "evaluate"}
+    assert set(card["timings_s"]) >= {"phantoms", "lm", "stage1", "init", "stage2", "stage3", "generate", "evaluate",
+                                      "explain"}
     seen = []
     run_demo(cfg, out, progress=lambda stage, status, s: seen.append((stage, status)))
     assert all(status.startswith("done earlier") for stage, status in seen if stage != "report")

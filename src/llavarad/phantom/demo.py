@@ -10,7 +10,9 @@ interrupted demo resumes where it stopped):
 5. ``stage2/``    alignment (projector only, "plain" format)
 6. ``stage3/``    LoRA fine-tuning ("v1" with the indication), merged
 7. ``predictions.jsonl`` generation on the held-out test phantoms; ``eval/`` the evaluation
-8. ``report_card.md`` / ``report_card.json``: data counts, losses, timings, metrics, examples
+8. ``explain/``   word-level attention maps of one held-out phantom
+9. ``report_card.html`` (self-contained: phantoms beside reference and generated findings, the
+   per-observation F1 plot, one word's heat map, stage timings), ``.md`` and ``.json``
 
 ``blank_images`` runs the same pipeline with every image replaced by a uniform grey one (a
 control: a model that reads the image must do far better than this). ``coded_images`` replaces
@@ -28,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -270,7 +272,7 @@ def _generate(model: Path, test_manifest: Path, out: Path, cfg: DemoConfig) -> d
     return summary.to_dict()
 
 
-def _evaluate(predictions: Path, out: Path) -> dict[str, Any]:
+def _evaluate(predictions: Path, out: Path, plot: bool = False) -> dict[str, Any]:
     from llavarad.evaluate.run import EvaluateConfig, evaluate
 
     try:
@@ -281,16 +283,8 @@ def _evaluate(predictions: Path, out: Path) -> dict[str, Any]:
         from llavarad.evaluate.rule_labeler import RuleLabeler
 
         labeler = RuleLabeler()
-    return evaluate(predictions, out, EvaluateConfig(labeler="rules", radgraph="off", bootstrap=200, plot=False),
+    return evaluate(predictions, out, EvaluateConfig(labeler="rules", radgraph="off", bootstrap=200, plot=plot),
                     labeler=labeler)
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
-    out = {}
-    for key in ("Micro-F1-14", "Macro-F1-14", "Micro-F1-5", "BLEU-4", "ROUGE-L"):
-        m = metrics.get(key)
-        out[key] = None if not m else round(float(m["value"]), 2)
-    return out
 
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
@@ -302,7 +296,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     """
     import shutil
 
-    from llavarad.config import config_from_dict
+    from llavarad.phantom.report_card import write_card
 
     out = Path(out_dir)
     if fresh and out.exists():
@@ -310,7 +304,32 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     timer = _Timer(out, progress)
     base = Path(cfg.shared_from) if cfg.shared_from else out
-    phantoms, lm_dir, stage1_dir = base / "phantoms", base / "lm", base / "stage1"
+    lm_dir, stage1_dir = base / "lm", base / "stage1"
+    manifest, train_manifest = _data(cfg, out, base, timer)
+    if cfg.coded_images:
+        stage1_dir = out / "stage1"  # an encoder that has seen the codes, not the shared one
+    _make_lm(cfg, manifest, lm_dir, timer)
+    s1_manifest = train_manifest if cfg.shared_from is None or cfg.coded_images else manifest
+    _make_stage1(cfg, s1_manifest, stage1_dir, timer, train_callbacks)
+    s3_dir = _stages_2_3(cfg, out, train_manifest, lm_dir, stage1_dir, timer, train_callbacks)
+
+    test_manifest = _test_manifest(train_manifest, out / "test_manifest.jsonl", cfg.max_test)
+    predictions = out / "predictions.jsonl"
+    timer.run("generate", (out / "GENERATED").is_file(),
+              lambda: (_generate(s3_dir, test_manifest, predictions, cfg), (out / "GENERATED").touch()))
+    eval_dir = out / "eval"
+    timer.run("evaluate", (eval_dir / "metrics.json").is_file(), lambda: _evaluate(predictions, eval_dir, plot=True))
+    timer.run("explain", (out / "explain" / "chosen.json").is_file(),
+              lambda: _explain_one(s3_dir, predictions, out / "explain", cfg))
+
+    card = write_card(cfg, out, manifest, lm_dir, stage1_dir, predictions, eval_dir, timer.data)
+    timer._say("report", f"written to {out / 'report_card.html'} (and .md, .json)", None)
+    return card
+
+
+def _data(cfg: DemoConfig, out: Path, base: Path, timer: _Timer) -> tuple[Path, Path]:
+    """The phantoms' manifest and the one stages 1-3 train on (blank or coded for the controls)."""
+    phantoms = base / "phantoms"
     manifest = phantoms / "manifest.jsonl"
 
     def make_phantoms():
@@ -320,15 +339,14 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
 
     timer.run("phantoms", manifest.is_file() and (phantoms / "DONE").is_file(), make_phantoms)
     (phantoms / "DONE").touch()
-
     if cfg.blank_images:
-        train_manifest = _blank_manifest(manifest, out / "blank", cfg.image_size)
-    elif cfg.coded_images:
-        train_manifest = _coded_manifest(manifest, out / "coded", cfg.image_size)
-        stage1_dir = out / "stage1"  # an encoder that has seen the codes, not the shared one
-    else:
-        train_manifest = manifest
+        return manifest, _blank_manifest(manifest, out / "blank", cfg.image_size)
+    if cfg.coded_images:
+        return manifest, _coded_manifest(manifest, out / "coded", cfg.image_size)
+    return manifest, manifest
 
+
+def _make_lm(cfg: DemoConfig, manifest: Path, lm_dir: Path, timer: _Timer) -> None:
     def make_lm():
         from llavarad.io.manifest import read_manifest
         from llavarad.phantom.lm_pretrain import lm_training_texts, pretrain_lm
@@ -338,12 +356,14 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
 
     timer.run("lm", (lm_dir / "lm_summary.json").is_file(), make_lm)
 
+
+def _make_stage1(cfg: DemoConfig, manifest: Path, stage1_dir: Path, timer: _Timer,
+                 train_callbacks: Sequence[Any]) -> None:
     def make_stage1():
         from llavarad.train.stage1_encoder import Stage1Config, run_stage1
 
-        s1_manifest = train_manifest if cfg.shared_from is None or cfg.coded_images else manifest
-        s1 = Stage1Config(manifest=str(s1_manifest),
-                          output_dir=str(stage1_dir), val_manifest=str(s1_manifest), val_splits=["validate"],
+        s1 = Stage1Config(manifest=str(manifest),
+                          output_dir=str(stage1_dir), val_manifest=str(manifest), val_splits=["validate"],
                           preset=cfg.preset, image_size=cfg.image_size, embed_dim=128, context_length=96,
                           tokenizer_vocab_size=1000, epochs=cfg.stage1_epochs, per_device_batch_size=cfg.stage1_batch,
                           lr=cfg.stage1_lr, warmup_ratio=cfg.stage1_warmup, image_pool=cfg.stage1_image_pool,
@@ -352,6 +372,14 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
         return str(run_stage1(s1, callbacks=train_callbacks))
 
     timer.run("stage1", (stage1_dir / "image_encoder" / "config.json").is_file(), make_stage1)
+
+
+def _stages_2_3(cfg: DemoConfig, out: Path, train_manifest: Path, lm_dir: Path, stage1_dir: Path, timer: _Timer,
+                train_callbacks: Sequence[Any]) -> Path:
+    """Assemble the start model, run stages 2 and 3; return the stage-3 folder."""
+    from llavarad.config import config_from_dict
+    from llavarad.train.stage2_align import Stage2Config, run_stage2
+    from llavarad.train.stage3_finetune import Stage3Config, run_stage3
 
     init_dir = out / "init"
 
@@ -363,10 +391,6 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
         save_model(bundle, init_dir)
 
     timer.run("init", _is_model(init_dir), make_init)
-
-    from llavarad.train.stage2_align import Stage2Config, run_stage2
-    from llavarad.train.stage3_finetune import Stage3Config, run_stage3
-
     s2_dir, s3_dir = out / "stage2", out / "stage3"
     s2 = config_from_dict(Stage2Config, {**_train_common(cfg, init_dir, train_manifest, s2_dir),
                                          "learning_rate": cfg.stage2_lr, "epochs": cfg.stage2_epochs})
@@ -376,17 +400,37 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, *, fresh: bool = False,
                                          "lora": {"r": cfg.lora_r, "alpha": 2 * cfg.lora_r,
                                                   "dropout": cfg.lora_dropout}})
     timer.run("stage3", _is_model(s3_dir), lambda: run_stage3(s3, callbacks=train_callbacks))
+    return s3_dir
 
-    test_manifest = _test_manifest(train_manifest, out / "test_manifest.jsonl", cfg.max_test)
-    predictions = out / "predictions.jsonl"
-    timer.run("generate", (out / "GENERATED").is_file(),
-              lambda: (_generate(s3_dir, test_manifest, predictions, cfg), (out / "GENERATED").touch()))
-    eval_dir = out / "eval"
-    timer.run("evaluate", (eval_dir / "metrics.json").is_file(), lambda: _evaluate(predictions, eval_dir))
 
-    card = _write_card(cfg, out, manifest, lm_dir, stage1_dir, predictions, eval_dir, timer.data)
-    timer._say("report", f"written to {out / 'report_card.md'}", None)
-    return card
+def _explain_one(model_dir: Path, predictions: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """Word-level attention maps for the first held-out phantom with a finding (else the first one),
+    written by :func:`llavarad._attention_render.write_explanation`; ``chosen.json`` names the
+    word the report card shows (:func:`llavarad.phantom.report_card.choose_word`)."""
+    from llavarad._attention_render import write_explanation
+    from llavarad.attention import explain
+    from llavarad.io.images import read_cxr
+    from llavarad.io.manifest import read_jsonl
+    from llavarad.model.build import load_model
+    from llavarad.phantom.report_card import choose_word
+
+    rows = [row for _, row in read_jsonl(predictions) if not row.get("error")]
+    if not rows:
+        raise ValueError(f"{predictions}: no generated report to explain")
+    row = next((r for r in rows if "normal" not in (r.get("reference") or "").lower()), rows[0])
+    bundle = load_model(model_dir, device=cfg.device, dtype="float32" if cfg.device == "cpu" else "auto")
+    image = read_cxr(row["image"]).image
+    expl = explain(bundle, image, row.get("indication"), max_new_tokens=cfg.max_new_tokens)
+    write_explanation(expl, image, out)
+    index = choose_word([w["word"] for w in expl.words])
+    if index is None:
+        raise ValueError(f"the model generated no words for {row['id']}; nothing to explain")
+    image.convert("RGB").save(out / "image.png")
+    overlay = sorted((out / "overlays").glob(f"{index:03d}_*.png"))[0]
+    chosen = {"id": row["id"], "word": expl.words[index]["word"], "text": expl.text, "image": "image.png",
+              "overlay": overlay.relative_to(out).as_posix()}
+    (out / "chosen.json").write_text(json.dumps(chosen, indent=2) + "\n", encoding="utf-8")
+    return chosen
 
 
 def evaluate_stage2_only(demo_dir: str | Path, cfg: DemoConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -402,80 +446,3 @@ def evaluate_stage2_only(demo_dir: str | Path, cfg: DemoConfig, progress: Progre
     if not (eval_dir / "metrics.json").is_file():
         _evaluate(preds, eval_dir)
     return json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _last_stage1_loss(stage1_dir: Path) -> float | None:
-    log = stage1_dir / "train_log.jsonl"
-    if not log.is_file():
-        return None
-    losses = [r.get("loss") for r in map(json.loads, log.read_text().splitlines()) if r.get("loss") is not None]
-    return losses[-1] if losses else None
-
-
-def _write_card(cfg: DemoConfig, out: Path, manifest: Path, lm_dir: Path, stage1_dir: Path, predictions: Path,
-                eval_dir: Path, timings: dict[str, Any]) -> dict[str, Any]:
-    from llavarad.io.manifest import read_jsonl
-
-    splits: dict[str, int] = {}
-    for _, row in read_jsonl(manifest):
-        splits[row["split"]] = splits.get(row["split"], 0) + 1
-    metrics = _read_json(eval_dir / "metrics.json")
-    lm = _read_json(lm_dir / "lm_summary.json")
-    s2, s3 = _read_json(out / "stage2" / "train_summary.json"), _read_json(out / "stage3" / "train_summary.json")
-    rows = [row for _, row in read_jsonl(predictions)]
-    examples = [{k: r.get(k) for k in ("id", "indication", "reference", "prediction")}
-                for r in rows[:cfg.num_examples]]
-    losses = {"lm": {"first": lm.get("first_loss"), "final": lm.get("final_loss")},
-              "stage1": {"final": _last_stage1_loss(stage1_dir)},
-              "stage2": {"first": s2.get("first_loss"), "final": s2.get("final_loss")},
-              "stage3": {"first": s3.get("first_loss"), "final": s3.get("final_loss")}}
-    card = {
-        "data": {"phantoms": sum(splits.values()), "splits": splits, "evaluated": metrics.get("n"),
-                 "blank_images": cfg.blank_images, "coded_images": cfg.coded_images,
-                 "generation_errors": sum(1 for r in rows if r.get("error"))},
-        "losses": losses,
-        "timings_s": {**{k: v for k, v in timings.items() if k != "cpu_s"},
-                      "total": round(sum(v for v in timings.values() if isinstance(v, (int, float))), 1)},
-        "cpu_s": {**timings.get("cpu_s", {}), "total": round(sum(timings.get("cpu_s", {}).values()), 1)},
-        "metrics": {k: v for k, v in (metrics.get("metrics") or {}).items() if v is not None},
-        "headline": _headline(metrics.get("metrics") or {}),
-        "examples": examples,
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
-    }
-    (out / "report_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    (out / "report_card.md").write_text(_card_markdown(card), encoding="utf-8")
-    return card
-
-
-def _fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
-def _card_markdown(card: dict[str, Any]) -> str:
-    d = card["data"]
-    control = (" with BLANK images (control)" if d["blank_images"] else
-               " with CODED images (control: each finding a square with its own place and grey level)"
-               if d.get("coded_images") else "")
-    splits = ", ".join(f"{k} {v}" for k, v in sorted(d["splits"].items()))
-    lines = ["# llavarad demo report card", "",
-             f"Synthetic phantoms: {d['phantoms']} ({splits}); evaluated on {d['evaluated']} held-out test phantoms{control}.",
-             "",
-             "## Metrics (rule labeler, 14 CheXpert observations; 95% bootstrap CI)", "",
-             "| metric | value | CI |", "|---|---|---|"]
-    for name, m in card["metrics"].items():
-        lines.append(f"| {name} | {m['value']:.1f} | {m['ci_low']:.1f}-{m['ci_high']:.1f} |")
-    lines += ["", "## Losses", "", "| stage | first | final |", "|---|---|---|"]
-    for stage, v in card["losses"].items():
-        lines.append(f"| {stage} | {_fmt(v.get('first'))} | {_fmt(v.get('final'))} |")
-    lines += ["", "## Time per stage", "", "| stage | wall s | CPU s |", "|---|---|---|"]
-    lines += [f"| {k} | {v} | {card['cpu_s'].get(k, '-')} |" for k, v in card["timings_s"].items()]
-    lines += ["", "## Examples (held-out phantoms)", ""]
-    for ex in card["examples"]:
-        lines += [f"**{ex['id']}**, indication: {ex['indication'] or '-'}", "",
-                  "| reference | generated |", "|---|---|",
-                  f"| {(ex['reference'] or '').replace('|', '/')} | {(ex['prediction'] or '').replace('|', '/')} |", ""]
-    return "\n".join(lines) + "\n"
