@@ -52,7 +52,10 @@ def resolve_resume(cfg) -> str | None:
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
-        return last_complete_checkpoint(cfg.output_dir)
+        found = last_complete_checkpoint(cfg.output_dir)
+        if found:
+            logger.info("resuming from %s", found)
+        return found
     path = Path(cfg.resume)
     if not path.is_dir():
         raise FileNotFoundError(f"resume={cfg.resume!r}: no such checkpoint folder; use auto, never or a checkpoint-N path")
