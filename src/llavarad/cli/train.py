@@ -171,7 +171,7 @@ def _register_demo(group: click.Group) -> None:
         """Run the whole system on synthetic phantoms on CPU and write a report card.
 
         Phantoms -> tokenizer + tiny language model -> stage 1 -> assembly -> stage 2 -> stage 3 ->
-        generation on held-out phantoms -> evaluation -> DIR/report_card.md and .json. Stages whose
+        generation on held-out phantoms -> evaluation -> DIR/report_card.html (and .md, .json). Stages whose
         output exists are skipped, so an interrupted demo resumes. KEY=VALUE arguments override
         fields of the demo's settings (llavarad.phantom.demo.DemoConfig), e.g. stage3_epochs=3.
 
@@ -204,7 +204,7 @@ def _register_demo(group: click.Group) -> None:
                 card = run_demo(cfg, out, fresh=fresh, progress=progress, train_callbacks=[TrainerProgress(bar)])
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from exc
-        click.echo(f"report card: {Path(out) / 'report_card.md'}")
+        click.echo(f"report card: {Path(out) / 'report_card.html'}")
         for name, value in card.get("headline", {}).items():
             click.echo(f"  {name}: {value}")
 
