@@ -19,8 +19,9 @@ import click
 @click.option("--prompt-format", type=click.Choice(["plain", "v1"]), default=None,
               help="Prompt format recorded in the folder (default: plain for --vision/--lm, the preset's otherwise).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random projector / weights.")
+@click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
 def init_cmd(out_dir: Path, preset: str | None, vision_dir: Path | None, lm_dir: Path | None,
-             prompt_format: str | None, seed: int) -> None:
+             prompt_format: str | None, seed: int, overwrite: bool) -> None:
     """Assemble a new, untrained LLaVA-Rad model folder, as stage 2 starts from.
 
     \b
@@ -35,6 +36,9 @@ def init_cmd(out_dir: Path, preset: str | None, vision_dir: Path | None, lm_dir:
         raise click.UsageError("--vision and --lm go together (or use --preset NAME for random weights)")
     if vision_dir is None and preset is None:
         raise click.UsageError("give --vision DIR --lm DIR, or --preset NAME (tiny, phantom, llava-rad-7b)")
+    from llavarad.io.outputs import check_output
+
+    check_output(out_dir, [vision_dir, lm_dir], kind="dir", overwrite=overwrite)
     try:
         if vision_dir is not None:
             bundle = init_from_parts(vision_dir, lm_dir, preset=preset or "llava-rad-7b", seed=seed,
