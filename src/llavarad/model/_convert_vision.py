@@ -94,6 +94,41 @@ def split_trunk(checkpoint: Any, source: str) -> tuple[dict[str, Any], list[str]
     return trunk, ignored
 
 
+def _need(trunk: dict[str, Any], key: str, source: str):
+    if key not in trunk:
+        raise ConversionError(f"{source}: trunk key {key!r} is missing; the file is not a timm ViT trunk")
+    return trunk[key]
+
+
+def _rename_block(trunk: dict[str, Any], i: int, hidden: int, has_ls: bool, out: dict[str, Any], used: set[str],
+                  source: str) -> None:
+    """Block ``i`` of the timm trunk into ``out`` under Dinov2 names (qkv split in row order q, k, v)."""
+    import torch
+
+    base = f"encoder.layer.{i}."
+    qkv_w = _need(trunk, f"blocks.{i}.attn.qkv.weight", source)
+    if tuple(qkv_w.shape) != (3 * hidden, hidden):
+        raise ConversionError(f"{source}: blocks.{i}.attn.qkv.weight is {tuple(qkv_w.shape)}, "
+                              f"expected {(3 * hidden, hidden)}")
+    for name, part in zip(("q_proj", "k_proj", "v_proj"), qkv_w.chunk(3, dim=0), strict=True):
+        out[base + f"attention.{name}.weight"] = part.clone()
+    used.add(f"blocks.{i}.attn.qkv.weight")
+    qkv_b = trunk.get(f"blocks.{i}.attn.qkv.bias")
+    if qkv_b is not None:
+        for name, part in zip(("q_proj", "k_proj", "v_proj"), qkv_b.chunk(3, dim=0), strict=True):
+            out[base + f"attention.{name}.bias"] = part.clone()
+        used.add(f"blocks.{i}.attn.qkv.bias")
+    for src, dst in _BLOCK_MAP.items():
+        key = f"blocks.{i}.{src}"
+        if key in trunk:
+            out[base + dst] = trunk[key]
+            used.add(key)
+        elif src.startswith("ls") and not has_ls:
+            out[base + dst] = torch.ones(hidden, dtype=qkv_w.dtype)  # no LayerScale == scale of 1
+        else:
+            raise ConversionError(f"{source}: trunk key {key!r} is missing")
+
+
 def timm_trunk_to_dinov2(trunk: dict[str, Any], *, num_attention_heads: int | None = None,
                          layer_norm_eps: float = 1e-6, source: str = "vision checkpoint") -> tuple[dict[str, Any], dict[str, Any]]:
     """Rename a timm DINOv2-style ViT state dict into ``Dinov2Model`` keys.
@@ -106,9 +141,7 @@ def timm_trunk_to_dinov2(trunk: dict[str, Any], *, num_attention_heads: int | No
     import torch
 
     def need(key: str):
-        if key not in trunk:
-            raise ConversionError(f"{source}: trunk key {key!r} is missing; the file is not a timm ViT trunk")
-        return trunk[key]
+        return _need(trunk, key, source)
 
     cls = need("cls_token")
     pos = need("pos_embed")
@@ -141,28 +174,7 @@ def timm_trunk_to_dinov2(trunk: dict[str, Any], *, num_attention_heads: int | No
             raise ConversionError(f"{source}: trunk key {key!r} (final norm) is missing")
     has_ls = "blocks.0.ls1.gamma" in trunk
     for i in layers:
-        base = f"encoder.layer.{i}."
-        qkv_w = need(f"blocks.{i}.attn.qkv.weight")
-        if tuple(qkv_w.shape) != (3 * hidden, hidden):
-            raise ConversionError(f"{source}: blocks.{i}.attn.qkv.weight is {tuple(qkv_w.shape)}, "
-                                  f"expected {(3 * hidden, hidden)}")
-        for name, part in zip(("q_proj", "k_proj", "v_proj"), qkv_w.chunk(3, dim=0), strict=True):
-            out[base + f"attention.{name}.weight"] = part.clone()
-        used.add(f"blocks.{i}.attn.qkv.weight")
-        qkv_b = trunk.get(f"blocks.{i}.attn.qkv.bias")
-        if qkv_b is not None:
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), qkv_b.chunk(3, dim=0), strict=True):
-                out[base + f"attention.{name}.bias"] = part.clone()
-            used.add(f"blocks.{i}.attn.qkv.bias")
-        for src, dst in _BLOCK_MAP.items():
-            key = f"blocks.{i}.{src}"
-            if key in trunk:
-                out[base + dst] = trunk[key]
-                used.add(key)
-            elif src.startswith("ls") and not has_ls:
-                out[base + dst] = torch.ones(hidden, dtype=cls.dtype)  # no LayerScale == scale of 1
-            else:
-                raise ConversionError(f"{source}: trunk key {key!r} is missing")
+        _rename_block(trunk, i, hidden, has_ls, out, used, source)
     # Dinov2 has a mask token for masked-image pretraining that timm's trunk lacks; LLaVA never masks.
     # Keeping it (zeros, as HF initialises it) makes the folder load wherever a stock Dinov2 config is
     # built from a preset (``init_from_parts``, stage 1).

@@ -302,10 +302,10 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
     """
     import torch
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     from llavarad.model.build import ModelBundle, make_meta, build_llava_config, save_model
-    from llavarad.model.presets import ModelPreset, load_preset
+    from llavarad.model.presets import load_preset
     from llavarad.model.processor import build_image_processor
     from llavarad.model.tokenizer import add_image_token
 
@@ -316,31 +316,19 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
     release_cfg = _release_config(files[RELEASE_CONFIG], vision_cfg["hidden_size"])
     adapter = load_lora(files[ADAPTER_CONFIG], files["adapter_weights"])
 
-    text_cfg = AutoConfig.from_pretrained(base)
-    if text_cfg.model_type != "llama":
-        raise ConversionError(f"{base}: model_type {text_cfg.model_type!r}; LLaVA-Rad's base is a LLaMA model "
-                              "(lmsys/vicuna-7b-v1.5)")
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token  # Vicuna/LLaVA-Rad: pad = unk
-    tokenizer.padding_side = "left"
+    text_cfg = _base_text_config(base)
+    tokenizer = _release_tokenizer(base)
     old_vocab = int(text_cfg.vocab_size)
     image_token_id = add_image_token(tokenizer)
     new_vocab = max(len(tokenizer), old_vocab)
     torch_dtype = _torch_dtype(dtype, getattr(text_cfg, "dtype", None) or torch.float32)
-    if isinstance(torch_dtype, str):
-        torch_dtype = _torch_dtype(torch_dtype, torch.float32)
+    torch_dtype = _torch_dtype(torch_dtype, torch.float32) if isinstance(torch_dtype, str) else torch_dtype
 
-    merged_preset = ModelPreset.from_dict({
-        **base_preset.to_dict(), "image_size": vision_cfg["image_size"],
-        "vision": {**base_preset.vision, **{k: v for k, v in vision_cfg.items() if k != "image_size"}},
-        "text": {**base_preset.text, **{k: v for k, v in text_cfg.to_dict().items() if k in base_preset.text}},
-        "prompt_format": "v1", "tokenizer": "pretrained"})
+    merged_preset = _merged_preset(base_preset, vision_cfg, text_cfg)
     config = build_llava_config(merged_preset, vocab_size=new_vocab, image_token_id=image_token_id,
                                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                                 eos_token_id=tokenizer.eos_token_id)
-    text_cfg.vocab_size = new_vocab
-    text_cfg.pad_token_id = tokenizer.pad_token_id
+    text_cfg.vocab_size, text_cfg.pad_token_id = new_vocab, tokenizer.pad_token_id
     config.text_config = text_cfg
     with init_empty_weights():  # parameters on the meta device, real buffers (rotary inv_freq)
         model = LlavaForConditionalGeneration(config)
@@ -353,6 +341,83 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
     state.update({k: v.to(torch_dtype) for k, v in projector.items()})
     del vision_state
 
+    applied, n_base = _merge_base_weights(base, expected, overrides, adapter, state, keep_lora=keep_lora,
+                                          dtype=torch_dtype, vocab=new_vocab, projector_file=files[PROJECTOR_FILE])
+    if "lm_head.weight" not in state and getattr(text_cfg, "tie_word_embeddings", False):
+        state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]
+    _load_exact(model, state, f"{files[VISION_FILE].parent} + {base}", assign=True)
+    del state
+    model.eval()
+
+    report = ConvertReport(out_dir=str(out_dir), kind="model", dtype=str(torch_dtype).removeprefix("torch."),
+                           vision_tensors=sum(1 for k in expected if k.startswith("model.vision_tower.")),
+                           ignored_vision_keys=n_ignored, image_size=vision_cfg["image_size"], **_lm_report(
+                               projector, applied, n_base, adapter, keep_lora), vocab_size=new_vocab,
+                           image_token_id=image_token_id)
+    # LLaVA's "pad" pads to a square before resizing; anything else is the shortest-side crop.
+    aspect = "pad" if release_cfg.get("image_aspect_ratio") == "pad" else "crop"
+    # The release runs inference in float16 (llava/model/builder.py loads with torch_dtype float16, the
+    # eval script feeds .half() images), so `--dtype auto` on a GPU loads this folder in float16.
+    preprocess = _preprocess(Path(release_dir), merged_preset.image_size, vision_config)
+    meta = make_meta(merged_preset, tokenizer, "v1", image_token_id, image_aspect_ratio=aspect,
+                      inference_dtype="float16", preprocess=preprocess,
+                      init={"kind": "convert", "release": str(Path(release_dir)), "base": str(base),
+                            "release_config": release_cfg, "report": report.to_dict()})
+    bundle = ModelBundle(model, tokenizer, build_image_processor(merged_preset.image_size, preprocess), merged_preset,
+                         meta)
+    out = save_model(bundle, out_dir)
+    if keep_lora:
+        _save_adapter(adapter, out / LORA_DIR, torch_dtype)
+    logger.info("converted %s + %s -> %s", release_dir, base, out)
+    return report
+
+
+def _base_text_config(base: Path):
+    """The base LM's config; LLaVA-Rad's base must be a LLaMA model."""
+    from transformers import AutoConfig
+
+    text_cfg = AutoConfig.from_pretrained(base)
+    if text_cfg.model_type != "llama":
+        raise ConversionError(f"{base}: model_type {text_cfg.model_type!r}; LLaVA-Rad's base is a LLaMA model "
+                              "(lmsys/vicuna-7b-v1.5)")
+    return text_cfg
+
+
+def _release_tokenizer(base: Path):
+    """The base LM's tokenizer as the release used it: pad = unk (Vicuna/LLaVA-Rad), left padding."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _merged_preset(base_preset, vision_cfg: dict[str, Any], text_cfg):
+    """The preset of the converted folder: ``base_preset`` with the release's vision tower and the
+    base LM's text settings, the v1 prompt format and a pretrained tokenizer."""
+    from llavarad.model.presets import ModelPreset
+
+    return ModelPreset.from_dict({
+        **base_preset.to_dict(), "image_size": vision_cfg["image_size"],
+        "vision": {**base_preset.vision, **{k: v for k, v in vision_cfg.items() if k != "image_size"}},
+        "text": {**base_preset.text, **{k: v for k, v in text_cfg.to_dict().items() if k in base_preset.text}},
+        "prompt_format": "v1", "tokenizer": "pretrained"})
+
+
+def _lm_report(projector: dict[str, Any], applied: list[str], n_base: int, adapter, keep_lora: bool) -> dict[str, Any]:
+    """The language-model half of :class:`ConvertReport`."""
+    return {"projector_tensors": len(projector), "lm_overrides": sorted(applied), "base_tensors": n_base,
+            "lora_modules": len(adapter.a), "lora": "adapter" if keep_lora else "merged",
+            "lora_scale": adapter.scale(next(iter(adapter.a))) if adapter.a else None}
+
+
+def _merge_base_weights(base: Path, expected: dict[str, Any], overrides: dict[str, Any], adapter, state: dict[str, Any],
+                        *, keep_lora: bool, dtype, vocab: int, projector_file: Path) -> tuple[list[str], int]:
+    """Stream the base LM's weights into ``state`` under their Llava names: the projector file's
+    overrides replace theirs, LoRA is merged (unless ``keep_lora``) in float32 and stored in
+    ``dtype``, the embedding and LM head grow to ``vocab`` rows. Returns (overridden names, count)."""
     pending = set(adapter.a)
     applied: list[str] = []
     n_base = 0
@@ -371,52 +436,24 @@ def convert_release(release_dir: str | Path, base_dir: str | Path, out_dir: str 
             _check_lora_shape(adapter, module, tensor)
             # merged in float32 and stored in the dtype asked for: with --dtype float32 the merged
             # weights are not first rounded to the base's float16
-            tensor = adapter.merge_into(module, tensor, out_dtype=torch_dtype)
+            tensor = adapter.merge_into(module, tensor, out_dtype=dtype)
             pending.discard(module)
         elif module in pending:
             _check_lora_shape(adapter, module, tensor)
             pending.discard(module)
         elif adapter.targets_name(module) and name.endswith(".weight") and tensor.ndim == 2 and ".layers." in name:
             raise ConversionError(f"{adapter.source}: {module} is a LoRA target but has no lora_A/lora_B weights")
-        tensor = tensor.to(torch_dtype)
-        if key in ("model.language_model.embed_tokens.weight", "lm_head.weight") and tensor.shape[0] < new_vocab:
-            tensor = _grow_rows(tensor, new_vocab)  # <image> row(s) = the mean row
+        tensor = tensor.to(dtype)
+        if key in ("model.language_model.embed_tokens.weight", "lm_head.weight") and tensor.shape[0] < vocab:
+            tensor = _grow_rows(tensor, vocab)  # <image> row(s) = the mean row
         state[key] = tensor
     if pending:
         raise ConversionError(f"{adapter.source}: LoRA weights for modules the base model does not have: "
                               f"{', '.join(sorted(pending)[:8])}")
     if overrides:
-        raise ConversionError(f"{files[PROJECTOR_FILE]}: keys for base weights that were not found: "
+        raise ConversionError(f"{projector_file}: keys for base weights that were not found: "
                               f"{', '.join(sorted(overrides))}")
-    if "lm_head.weight" not in state and getattr(text_cfg, "tie_word_embeddings", False):
-        state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]
-    _load_exact(model, state, f"{files[VISION_FILE].parent} + {base}", assign=True)
-    del state
-    model.eval()
-
-    report = ConvertReport(out_dir=str(out_dir), kind="model", dtype=str(torch_dtype).removeprefix("torch."),
-                           vision_tensors=sum(1 for k in expected if k.startswith("model.vision_tower.")),
-                           ignored_vision_keys=n_ignored, image_size=vision_cfg["image_size"],
-                           projector_tensors=len(projector), lm_overrides=sorted(applied),
-                           base_tensors=n_base, lora_modules=len(adapter.a), lora="adapter" if keep_lora else "merged",
-                           lora_scale=adapter.scale(next(iter(adapter.a))) if adapter.a else None,
-                           vocab_size=new_vocab, image_token_id=image_token_id)
-    # LLaVA's "pad" pads to a square before resizing; anything else is the shortest-side crop.
-    aspect = "pad" if release_cfg.get("image_aspect_ratio") == "pad" else "crop"
-    # The release runs inference in float16 (llava/model/builder.py loads with torch_dtype float16, the
-    # eval script feeds .half() images), so `--dtype auto` on a GPU loads this folder in float16.
-    preprocess = _preprocess(Path(release_dir), merged_preset.image_size, vision_config)
-    meta = make_meta(merged_preset, tokenizer, "v1", image_token_id, image_aspect_ratio=aspect,
-                      inference_dtype="float16", preprocess=preprocess,
-                      init={"kind": "convert", "release": str(Path(release_dir)), "base": str(base),
-                            "release_config": release_cfg, "report": report.to_dict()})
-    bundle = ModelBundle(model, tokenizer, build_image_processor(merged_preset.image_size, preprocess), merged_preset,
-                         meta)
-    out = save_model(bundle, out_dir)
-    if keep_lora:
-        _save_adapter(adapter, out / LORA_DIR, torch_dtype)
-    logger.info("converted %s + %s -> %s", release_dir, base, out)
-    return report
+    return applied, n_base
 
 
 def _grow_rows(weight, rows: int):
