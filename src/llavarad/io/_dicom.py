@@ -167,22 +167,8 @@ def _to_gray(arr: np.ndarray, ds, meta: dict[str, Any]) -> tuple[np.ndarray, flo
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114, top
 
 
-def render_dicom(path: Path | BinaryIO, *, max_pixels: int, min_side: int,
-                 fallback_window: FallbackWindow = "auto") -> tuple[np.ndarray, str | None, dict[str, Any]]:
-    """Read a DICOM file and render its first frame for display.
-
-    Returns ``(array, view, metadata)``: ``array`` is float32 ``(rows, columns)`` in [0, 1] with bright
-    = dense (bone); ``view`` is the raw view label or None. ``fallback_window`` picks the window when
-    the file has neither a VOI LUT nor a Window Center/Width: ``bits`` maps the full Bits Stored range,
-    ``minmax`` the data's own range, ``percentile`` its 0.5-99.5 % range, and ``auto`` uses ``bits``
-    for 8-bit data (already display-ready) and ``minmax`` otherwise.
-
-    Raises :class:`DicomRenderError` (or pydicom's errors, which the caller wraps with the path).
-    """
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
-
-    ds = pydicom.dcmread(str(path) if isinstance(path, Path) else path, force=True)
+def _check_image_header(ds, max_pixels: int, min_side: int) -> tuple[int, int]:
+    """``(rows, columns)`` of an image dataset; :class:`DicomRenderError` for anything unrenderable."""
     if "PixelData" not in ds:
         kinds = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         if kinds:
@@ -199,8 +185,12 @@ def render_dicom(path: Path | BinaryIO, *, max_pixels: int, min_side: int,
                                f"(raise max_pixels if this image is genuine)")
     if min(rows, cols) < min_side:
         raise DicomRenderError(f"{cols}x{rows} is smaller than {min_side} px on a side: not a radiograph")
+    return rows, cols
 
-    meta: dict[str, Any] = {_KEEP[k]: _plain(ds.get(k)) for k in _KEEP if k in ds}
+
+def _record_transfer_syntax(ds, meta: dict[str, Any]) -> None:
+    """Put the transfer syntax into ``meta`` (and into a file meta the dataset lacks, from the
+    encoding pydicom detected, so the pixel decoders know it); also whether there was a preamble."""
     file_meta = getattr(ds, "file_meta", None)
     tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     meta["has_preamble"] = bool(getattr(ds, "preamble", None))
@@ -216,6 +206,28 @@ def render_dicom(path: Path | BinaryIO, *, max_pixels: int, min_side: int,
         ds.file_meta.TransferSyntaxUID = tsyntax
     meta["transfer_syntax"] = str(tsyntax)
     meta["transfer_syntax_name"] = getattr(tsyntax, "name", str(tsyntax))
+
+
+def render_dicom(path: Path | BinaryIO, *, max_pixels: int, min_side: int,
+                 fallback_window: FallbackWindow = "auto") -> tuple[np.ndarray, str | None, dict[str, Any]]:
+    """Read a DICOM file and render its first frame for display.
+
+    Returns ``(array, view, metadata)``: ``array`` is float32 ``(rows, columns)`` in [0, 1] with bright
+    = dense (bone); ``view`` is the raw view label or None. ``fallback_window`` picks the window when
+    the file has neither a VOI LUT nor a Window Center/Width: ``bits`` maps the full Bits Stored range,
+    ``minmax`` the data's own range, ``percentile`` its 0.5-99.5 % range, and ``auto`` uses ``bits``
+    for 8-bit data (already display-ready) and ``minmax`` otherwise.
+
+    Raises :class:`DicomRenderError` (or pydicom's errors, which the caller wraps with the path).
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
+
+    ds = pydicom.dcmread(str(path) if isinstance(path, Path) else path, force=True)
+    rows, cols = _check_image_header(ds, max_pixels, min_side)
+
+    meta: dict[str, Any] = {_KEEP[k]: _plain(ds.get(k)) for k in _KEEP if k in ds}
+    _record_transfer_syntax(ds, meta)
 
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     meta["number_of_frames"] = n_frames
