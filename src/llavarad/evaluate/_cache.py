@@ -62,13 +62,13 @@ def label_all(labeler: Any, pairs: list[Pair], cache: Path, progress: Progress |
                 results: list[Any] = list(labeler.label([t for _, t in chunk]))
                 if len(results) != len(chunk):
                     raise RuntimeError(f"labeler returned {len(results)} rows for {len(chunk)} reports")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - isolate the failing report(s), keep the rest
                 logger.warning("labeling a chunk of %d reports failed (%s); retrying one by one", len(chunk), exc)
                 results = []
                 for key, text in chunk:
                     try:
                         results.append(labeler.label([text])[0])
-                    except Exception as item_exc:
+                    except Exception as item_exc:  # noqa: BLE001 - recorded as a problem of that pair
                         results.append(None)
                         failed[key] = f"{type(item_exc).__name__}: {item_exc}"
             for (key, text), row in zip(chunk, results):

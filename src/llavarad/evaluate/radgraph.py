@@ -170,7 +170,7 @@ def resolve_weights(weights: str | os.PathLike | None = None, model_type: str = 
         raise RadGraphUnavailable(f"{path} ({source}) has no {model_type}/config.json and weights.th. {_HOW_TO}")
     try:
         from radgraph.radgraph import CACHE_DIR  # type: ignore[import-not-found]
-    except Exception:
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
         raise RadGraphUnavailable(f"the radgraph package is not installed and no weights were given. {_HOW_TO}") from None
     if _is_model_folder(Path(CACHE_DIR) / model_type):
         return Path(CACHE_DIR), model_type
@@ -223,7 +223,7 @@ class RadGraphScorer:
         try:
             import torch
             from radgraph import RadGraph  # type: ignore[import-not-found]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
             resolve_weights(weights, model_type)  # says what is missing when the weights are missing too
             raise RadGraphUnavailable(f"cannot import the radgraph package ({exc}). {_HOW_TO}") from exc
         cuda = 0 if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else -1

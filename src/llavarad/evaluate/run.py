@@ -135,7 +135,7 @@ def _get_labeler(config: EvaluateConfig) -> Any:
 
         options = {"weights": config.chexbert_weights} if config.labeler == "chexbert" and config.chexbert_weights else {}
         return get_labeler(config.labeler, **options)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - missing weights/packages surface as many types
         raise EvaluationError(f"the {config.labeler!r} labeler is unavailable: {type(exc).__name__}: {exc}") from exc
 
 
