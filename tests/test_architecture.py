@@ -16,15 +16,10 @@ MAX_FUNCTION_LINES = 80
 #: remove an entry once its file is fixed (test_known_offenders_still_offend reports stale ones)
 KNOWN_OFFENDERS: set[str] = {
     "llavarad/cli/evaluate.py",  # evaluate_cmd()
-    "llavarad/cli/train.py",  # register(): the click commands nested in it
     "llavarad/config.py",  # _coerce()
-    "llavarad/data/structuring.py",  # run_llm_step()
+    "llavarad/data/structuring.py",  # run_llm_step(): on the LLM client being rebuilt
     "llavarad/evaluate/run.py",  # evaluate()
     "llavarad/generate.py",  # run_generation()
-    "llavarad/io/_dicom.py",  # render_dicom()
-    "llavarad/model/_convert_vision.py",  # timm_trunk_to_dinov2()
-    "llavarad/model/convert.py",  # convert_release()
-    "llavarad/phantom/demo.py",  # run_demo()
 }
 
 
@@ -58,6 +53,9 @@ def size_offenders() -> list[str]:
 def _imported(module: str, path: Path, known: set[str], *, top_level_only: bool) -> set[str]:
     """llavarad modules that ``module`` imports (``from a import b`` counts ``a.b`` when it is a module)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):  # imports for annotations only (``if TYPE_CHECKING:``) are not dependencies
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     targets: set[str] = set()
@@ -134,6 +132,16 @@ def test_known_offenders_still_offend():
 def test_no_import_circles_between_modules():
     cycles = import_cycles(top_level_only=True)
     assert not cycles, "module-level import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+#: circles through imports inside functions, in areas other work owns (listed so new ones fail)
+KNOWN_LAZY_CYCLES = [["llavarad.data.importers._dicom_assemble", "llavarad.data.importers.dicom_archive"]]
+
+
+def test_no_new_circles_through_imports_inside_functions():
+    cycles = [c for c in import_cycles(top_level_only=False) if c not in KNOWN_LAZY_CYCLES]
+    assert not cycles, "import circles (counting imports inside functions):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles)
 
 
 def test_checker_finds_a_circle_and_a_long_function(tmp_path, monkeypatch):
