@@ -158,3 +158,26 @@ def test_truncated_archive_is_not_ctrl_c_and_leaves_no_tmp(run, tmp_path):
     gz = gzip.compress(b"x" * 10_000)
     (root / "NLMCXR_reports.tgz").write_bytes(gz[:40])
     assert run("data", "import", "openi", root, "--out", tmp_path / "m.jsonl").rc == 1
+
+
+@pytest.mark.slow
+def test_a_diverging_stage2_stops_and_saves_nothing(run, tmp_path, tiny_model_dir):
+    """The issue's case end to end: a huge learning rate makes the loss NaN; the run stops with one line
+    and writes no model folder that would generate "" with exit code 0."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / f"i{i}.png")
+        rows.append({"id": f"r{i}", "image": f"i{i}.png", "dataset": "t", "split": "train", "findings": "Clear lungs."})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = Path(__file__).resolve().parents[2] / "configs" / "stage2_tiny.yaml"
+    out = tmp_path / "s2"
+    r = run("train", "stage2", "--config", config, f"model={tiny_model_dir}", f"train_manifest={manifest}",
+            f"output_dir={out}", "learning_rate=1e30", "max_steps=6", "eval_steps=0", "save_steps=0",
+            "lr_scheduler=constant", "warmup_ratio=0")
+    assert r.rc == 1 and "training diverged: grad_norm is nan" in r.err, r.err
+    assert not (out / "model.safetensors").exists()
