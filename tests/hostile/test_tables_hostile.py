@@ -109,3 +109,11 @@ def test_evaluate_scores_good_rows_as_a_clean_run(run, tmp_path):
     src.write_text(json.dumps(ok_false) + "\n")  # "error": false is a success, not a generation error
     run("evaluate", src, "--out", tmp_path / "e2", *args)
     assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["generation_errors"] == []
+
+
+def test_a_quote_closed_rows_later_is_reported(run, tmp_path, caplog):
+    src = tmp_path / "in.csv"
+    src.write_text('id,report\n1,"Effusion.\n2,Cardiomegaly.\n3,Edema."\n4,Clear.\n')
+    r = run("label", src, "--out", tmp_path / "o.csv")
+    assert r.rc == 0  # valid CSV: two fields per record
+    assert "lines 2-4" in caplog.text and "a quote is not closed there" in caplog.text

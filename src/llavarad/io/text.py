@@ -208,7 +208,7 @@ def iter_csv_rows(path: str | Path, *, delimiter: str | None = None, max_cell: i
         yield from lines
 
     reader = csv.reader(chained(), delimiter=delim, strict=True)
-    last = 0
+    last, merged = 0, []
     while True:
         start = last + 1
         try:
@@ -228,8 +228,23 @@ def iter_csv_rows(path: str | Path, *, delimiter: str | None = None, max_cell: i
             continue
         if width == 0:
             width = len(fields)
+        if last > start and width and width >= 2 and _holds_rows(fields, delim, width):
+            merged.append((start, last))
         yield _check_row(path, start, fields, width, max_cell)
     decode.log()
+    if merged:  # valid CSV, but maybe a quote closed far too late: say so rather than merge rows silently
+        logger.warning("%s: %d record(s) hold line breaks with what look like whole rows inside a quoted cell "
+                       "(first: lines %d-%d); if that is not intended, a quote is not closed there",
+                       path, len(merged), *merged[0])
+
+
+def _holds_rows(fields: list[str], delim: str, width: int) -> bool:
+    """Whether a multi-line cell contains a line that parses as a whole row of ``width`` fields."""
+    for cell in fields:
+        for line in cell.split("\n")[1:]:
+            if line.count(delim) == width - 1 and len(next(csv.reader([line], delimiter=delim), [])) == width:
+                return True
+    return False
 
 
 def _check_row(path: Path, line: int, fields: list[str], width: int | None, max_cell: int) -> CsvRow:
