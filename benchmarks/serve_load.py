@@ -58,9 +58,11 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def rss_mib(self) -> float:
-        import psutil
-
-        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+        """Resident memory of the server process (Linux /proc)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS in /proc: the memory figure needs Linux")
 
     def __enter__(self) -> Server:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -42,6 +42,9 @@ class GatedGenerator:
     def settings(self, value):
         self._real.settings = value
 
+    def prepare(self, image):
+        return self._real.prepare(image)
+
     def generate_many(self, images, indications=None):
         self.entered.set()
         assert self.gate.wait(60), "the test never opened the gate"
@@ -187,3 +190,20 @@ def test_multipart_parses_in_memory_and_refuses_broken_bodies():
     with pytest.raises(ApiError) as exc:
         parse_multipart(body, "multipart/form-data; boundary=B", file_field="image", max_field_bytes=3)
     assert exc.value.status == 413 and exc.value.code == "field_too_large"
+
+
+def test_cors_is_off_unless_an_origin_is_named(tiny_bundle):
+    from starlette.testclient import TestClient
+
+    from llavarad.generate import ReportGenerator
+    from llavarad.serve import ServeConfig, ServeConfigError, create_app
+
+    preflight = {"Origin": "http://pacs.example", "Access-Control-Request-Method": "POST"}
+    closed = TestClient(create_app(ServeConfig(), ReportGenerator(tiny_bundle)))
+    assert "access-control-allow-origin" not in closed.options("/v1/reports", headers=preflight).headers
+    assert "access-control-allow-origin" not in closed.get("/healthz", headers={"Origin": "http://pacs.example"}).headers
+    opened = TestClient(create_app(ServeConfig(cors_origins=("http://pacs.example",)), ReportGenerator(tiny_bundle)))
+    r = opened.options("/v1/reports", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://pacs.example"
+    with pytest.raises(ServeConfigError, match="any web page"):
+        ServeConfig(cors_origins=("*",))

@@ -139,7 +139,7 @@ def _generate_batch(bundle: ModelBundle, images: Sequence[Image.Image], indicati
         attention_mask[i, width - len(ids):] = 1
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    pixel_values = pixel_values_for(list(images), bundle.image_processor, bundle.image_aspect_ratio).to(device=device, dtype=dtype)
+    pixel_values = _pixel_values(bundle, images).to(device=device, dtype=dtype)
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids.to(device),
@@ -157,6 +157,16 @@ def _generate_batch(bundle: ModelBundle, images: Sequence[Image.Image], indicati
     new_tokens = out[:, width:]
     texts = bundle.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [t.strip() for t in texts]
+
+
+def _pixel_values(bundle: ModelBundle, images: Sequence[Any]):
+    """``(batch, 3, size, size)`` from PIL images, or stacked as given from :meth:`ReportGenerator.prepare`
+    tensors (preprocessing is per image, so both give the same values)."""
+    import torch
+
+    if images and all(isinstance(im, torch.Tensor) for im in images):
+        return torch.stack(list(images))
+    return pixel_values_for(list(images), bundle.image_processor, bundle.image_aspect_ratio)
 
 
 def generate_reports(bundle: ModelBundle, images: Sequence[Image.Image], indications: Sequence[str | None] | None = None,
@@ -204,8 +214,14 @@ class ReportGenerator:
 
     def generate_many(self, images: Sequence[str | Path | Image.Image],
                       indications: Sequence[str | None] | None = None) -> list[str]:
+        """Findings for several images in batches; an image may also be a :meth:`prepare` tensor."""
         pils = [_to_pil(img) for img in images]
         return generate_reports(self.bundle, pils, indications, self.settings)
+
+    def prepare(self, image: Image.Image):
+        """The model input ``(3, size, size)`` float32 tensor of one PIL image. A server computes it on
+        the request's thread and passes it to :meth:`generate_many`, so the model's thread only generates."""
+        return pixel_values_for([image], self.bundle.image_processor, self.bundle.image_aspect_ratio)[0]
 
 
 def _to_pil(image: str | Path | Image.Image) -> Image.Image:

@@ -234,7 +234,10 @@ def _plain(problem: str) -> str:
 
 
 def check_indication(text: str | None, tokenizer: Any, max_tokens: int) -> str | None:
-    """Strip the indication and refuse it past ``max_tokens`` tokens or with control characters."""
+    """Strip the indication; refuse it with control characters or past ``max_tokens`` tokens (counted
+    by :func:`llavarad.generate.cap_indication`, which bounds the work on huge texts)."""
+    from llavarad.generate import GenerationSettings, IndicationTooLongError, cap_indication
+
     if text is None:
         return None
     text = text.strip()
@@ -242,8 +245,9 @@ def check_indication(text: str | None, tokenizer: Any, max_tokens: int) -> str |
         return None
     if any(ord(c) < 32 and c not in "\t\n\r" for c in text) or "\x7f" in text:
         raise ApiError(400, "invalid_text", "the indication contains control characters")
-    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if n > max_tokens:
-        raise ApiError(413, "indication_too_long", f"the indication is {n} tokens; the limit is {max_tokens} "
-                       "(server option --max-indication-tokens)")
+    try:
+        cap_indication(tokenizer, text, GenerationSettings(max_indication_tokens=max_tokens, long_indication="error"))
+    except IndicationTooLongError as exc:
+        raise ApiError(413, "indication_too_long", f"the indication is longer than {max_tokens} tokens "
+                       "(server option --max-indication-tokens)") from exc
     return text

@@ -60,6 +60,7 @@ class DraftService:
         self.bundle = generator.bundle
         self.worker = BatchingWorker(generator, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                                      max_queue=config.max_queue, max_new_tokens=config.max_new_tokens,
+                                     max_indication_tokens=config.max_indication_tokens,
                                      on_batch=metrics.observe_batch, on_depth=metrics.set_depth)
         self.labeler = RuleLabeler()
         self._uploads = asyncio.Semaphore(config.max_concurrent_uploads)
@@ -108,7 +109,10 @@ class DraftService:
         504 past the deadline; a client that disconnects gives its slot back."""
         if not self.worker.ready:
             raise ApiError(503, "not_ready", "the model is still loading; retry shortly", {"Retry-After": "5"})
-        job = Job(image=image, indication=indication, explain=explain)
+        # Preprocess here, on the request's thread, so the model's thread only generates (explain
+        # takes the PIL image: it runs its own forward passes).
+        model_input = image if explain else await asyncio.to_thread(self.worker.generator.prepare, image)
+        job = Job(image=model_input, indication=indication, explain=explain)
         try:
             future = self.worker.submit(job)
         except QueueFull as exc:

@@ -38,10 +38,11 @@ class QueueFull(RuntimeError):
 
 @dataclass(eq=False)
 class Job:
-    """One request for the model. ``future`` resolves (in its event loop) to the findings text, or to
-    an :class:`llavarad.attention.Explanation` when ``explain`` is set."""
+    """One request for the model. ``image`` is a PIL image or its :meth:`ReportGenerator.prepare` tensor
+    (explain jobs need the PIL image). ``future`` resolves (in its event loop) to the findings text, or
+    to an :class:`llavarad.attention.Explanation` when ``explain`` is set."""
 
-    image: Image.Image
+    image: Image.Image | Any
     indication: str | None
     explain: bool = False
     future: asyncio.Future | None = None
@@ -61,14 +62,15 @@ class BatchingWorker:
     """
 
     def __init__(self, generator: ReportGenerator, *, max_batch_size: int = 8, max_wait_ms: float = 10.0,
-                 max_queue: int = 64, max_new_tokens: int = 256,
+                 max_queue: int = 64, max_new_tokens: int = 256, max_indication_tokens: int = 512,
                  on_batch: Callable[[int, float], None] | None = None,
                  on_depth: Callable[[int], None] | None = None):
         from llavarad.generate import GenerationSettings
 
         self.generator = generator
         # The worker's own settings: batches as large as the largest dynamic batch, one model call each.
-        self.generator.settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=max_batch_size)
+        self.generator.settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=max_batch_size,
+                                                     max_indication_tokens=max_indication_tokens)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
