@@ -297,6 +297,50 @@ def _iter_rows(manifest: Path) -> Iterator[_Row | dict[str, Any]]:
         yield _Row(str(rid), image, indication, reference if isinstance(reference, str) else None, line, view)
 
 
+def _recorded_settings(bundle: ModelBundle, settings: GenerationSettings) -> dict[str, Any]:
+    """The settings written into every output row (with what the folder and the device resolved to)."""
+    return {**asdict(settings), "prompt_format": settings.prompt_format or bundle.prompt_format,
+            "decoding": "greedy" if settings.num_beams == 1 else f"beam{settings.num_beams}",
+            "dtype": str(next(bundle.model.parameters()).dtype).replace("torch.", ""),
+            "device": str(next(bundle.model.parameters()).device)}
+
+
+def _generate_isolated(bundle: ModelBundle, images: list[Any], indications: list[str | None],
+                       settings: GenerationSettings) -> list[str | Exception]:
+    """One batch; if it fails, each item alone, so one bad item costs only its own row."""
+    try:
+        return list(generate_reports(bundle, images, indications, settings))
+    except Exception as exc:  # isolate the failing item(s): retry one by one
+        logger.warning("batch of %d failed (%s); retrying items one at a time", len(images), exc)
+    preds: list[str | Exception] = []
+    for img, ind in zip(images, indications):
+        try:
+            preds.append(generate_reports(bundle, [img], [ind], settings)[0])
+        except Exception as item_exc:  # noqa: BLE001 - recorded per row, run continues
+            preds.append(item_exc)
+    return preds
+
+
+def _prepare(row: _Row, manifest: Path, bundle: ModelBundle, settings: GenerationSettings) -> tuple[Any, str | None]:
+    """The row's image and warning (a cut indication, a lateral view); caps ``row.indication`` in place.
+
+    Raises ImageReadError / OSError for an unusable image, IndicationTooLongError (naming the line)
+    for an indication over the limit with ``long_indication="error"``.
+    """
+    from llavarad.io.images import read_cxr
+
+    cxr = read_cxr(resolve_image_path(row.image, manifest))
+    try:
+        row.indication, warning = cap_indication(bundle.tokenizer, row.indication, settings)
+    except IndicationTooLongError as exc:
+        raise IndicationTooLongError(f"{manifest}:{row.line}: {exc}") from exc
+    view = cxr.view or row.view
+    if cxr.is_frontal is False or (view or "").upper() in _LATERAL_VIEWS:
+        lateral = f"view {view!r} is not frontal; the model was trained on frontal (AP/PA) images"
+        warning = f"{warning}; {lateral}" if warning else lateral
+    return cxr.image, warning
+
+
 def manifest_row_ids(manifest: str | Path) -> Iterator[str]:
     """The output id of every row of ``manifest``, in order, as :func:`run_generation` assigns them
     (a malformed row gets its ``line-N`` id): the order a merged sharded run is written in."""
@@ -315,17 +359,14 @@ def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: s
     rank's share of a sharded run, :mod:`llavarad.sharding`); ids in ``skip`` were finished elsewhere
     (another shard file) and count as already done. Returns a :class:`GenerationSummary`.
     """
-    from llavarad.io.images import ImageReadError, read_cxr
+    from llavarad.io.images import ImageReadError
     from llavarad.model.build import load_model
 
     settings = settings or GenerationSettings()
     manifest = Path(manifest)
     bundle = model if not isinstance(model, (str, Path)) else load_model(model, device=device, dtype=dtype)
     model_name = str(model) if isinstance(model, (str, Path)) else bundle.meta.get("name", bundle.preset.name)
-    recorded = {**asdict(settings), "prompt_format": settings.prompt_format or bundle.prompt_format,
-                "decoding": "greedy" if settings.num_beams == 1 else f"beam{settings.num_beams}",
-                "dtype": str(next(bundle.model.parameters()).dtype).replace("torch.", ""),
-                "device": str(next(bundle.model.parameters()).device)}
+    recorded = _recorded_settings(bundle, settings)
     rows = [r for r in _iter_rows(manifest)
             if select is None or select(r["id"] if isinstance(r, dict) else r.id)]
     summary = GenerationSummary(total=len(rows), output=str(out))
@@ -351,18 +392,8 @@ def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: s
         def flush() -> None:
             if not pending:
                 return
-            images = [img for _, img, _ in pending]
-            inds = [r.indication for r, _, _ in pending]
-            try:
-                preds = generate_reports(bundle, images, inds, settings)
-            except Exception as exc:  # isolate the failing item(s): retry one by one
-                logger.warning("batch of %d failed (%s); retrying items one at a time", len(pending), exc)
-                preds = []
-                for img, ind in zip(images, inds):
-                    try:
-                        preds.append(generate_reports(bundle, [img], [ind], settings)[0])
-                    except Exception as item_exc:  # noqa: BLE001 - recorded per row, run continues
-                        preds.append(item_exc)
+            preds = _generate_isolated(bundle, [img for _, img, _ in pending], [r.indication for r, _, _ in pending],
+                                       settings)
             for (row, _, warning), pred in zip(pending, preds):
                 if isinstance(pred, Exception):
                     record(row, None, f"generation failed: {type(pred).__name__}: {pred}")
@@ -386,23 +417,12 @@ def run_generation(model: str | Path | ModelBundle, manifest: str | Path, out: s
             if isinstance(row, dict):
                 record(row, None, row["error"])
                 continue
-            path = resolve_image_path(row.image, manifest)
             try:
-                cxr = read_cxr(path)
-            except (ImageReadError, OSError) as exc:
+                image, warning = _prepare(row, manifest, bundle, settings)
+            except (ImageReadError, OSError, IndicationTooLongError) as exc:
                 record(row, None, str(exc))
                 continue
-            try:
-                row.indication, note = cap_indication(bundle.tokenizer, row.indication, settings)
-            except IndicationTooLongError as exc:
-                record(row, None, f"{manifest}:{row.line}: {exc}")
-                continue
-            warning = note
-            view = cxr.view or row.view
-            if cxr.is_frontal is False or (view or "").upper() in _LATERAL_VIEWS:
-                lateral = f"view {view!r} is not frontal; the model was trained on frontal (AP/PA) images"
-                warning = f"{warning}; {lateral}" if warning else lateral
-            pending.append((row, cxr.image, warning))
+            pending.append((row, image, warning))
             if len(pending) >= settings.batch_size:
                 flush()
         flush()

@@ -65,8 +65,8 @@ def _message(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, LlavaradError) or type(exc).__module__.startswith("llavarad."):
         return str(exc), False  # raised on purpose by the library, with a message for the user
     if _is_damaged_archive(exc):
-        return f"damaged or truncated input ({type(exc).__name__}: {exc or 'unexpected end of data'}); " \
-               "re-download or re-copy the file", False
+        return (f"damaged or truncated input ({type(exc).__name__}: {exc or 'unexpected end of data'}); "
+                "re-download or re-copy the file"), False
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         if exc.errno == errno.ELOOP:
