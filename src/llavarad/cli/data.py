@@ -150,6 +150,9 @@ def import_cmd(ctx: click.Context, dataset: str, root: Path, out: Path, reports:
     """
     from llavarad.data.importers import DatasetLayoutError, DuplicateIds, ImportProblem, import_dataset
     from llavarad.io.manifest import JsonlWriter, write_manifest
+    from llavarad.io.outputs import check_output
+
+    check_output(out, [root, reports, images, metadata])
 
     options: dict[str, Any] = {}
     applies = {"--reports": ("mimic-cxr", "openi"), "--images": ("candid-ptx", "openi"), "--metadata": ("openi",),
@@ -258,6 +261,9 @@ def _run_llm(ctx: click.Context, task: str, kw: dict[str, Any]) -> None:
             # JSON-quote strings so values like "yes" or "1e3" stay strings when parsed as YAML
             overrides.append(f"{field_name}={json.dumps(value) if isinstance(value, str) else value}")
     out: Path = kw["out"]
+    from llavarad.io.outputs import check_output
+
+    check_output(out, [kw.get("manifest")])
     overrides.append(f"cache_path={json.dumps(str(kw['cache'] or out.parent / 'llm_cache.sqlite'))}")
     try:
         cfg = load_config(LLMConfig, kw["config_path"], overrides)
@@ -358,6 +364,9 @@ def build_cxr697k_cmd(manifests: tuple[Path, ...], out: Path, llm_outputs: tuple
           --out cxr697k.jsonl
     """
     from llavarad.data.builders import build_cxr697k
+    from llavarad.io.outputs import check_output
+
+    check_output(out, [*manifests, *llm_outputs])
     from llavarad.io.manifest import ManifestError
 
     with _progress("cxr697k") as bar:
@@ -390,6 +399,9 @@ def build_mimic_cmd(manifest: Path, out_dir: Path, llm_outputs: tuple[Path, ...]
     """
     from llavarad.data.builders import build_mimic
     from llavarad.io.manifest import ManifestError
+    from llavarad.io.outputs import check_output
+
+    check_output(out_dir, [manifest, *llm_outputs], kind="dir", resumable=True, flag="--out-dir")
 
     with _progress("mimic") as bar:
         t = bar.add_task("records", total=None)
@@ -414,6 +426,9 @@ def build_openi_cmd(manifest: Path, out: Path) -> None:
     """
     from llavarad.data.builders import build_openi
     from llavarad.io.manifest import ManifestError
+    from llavarad.io.outputs import check_output
+
+    check_output(out, [manifest])
 
     try:
         table = build_openi(manifest, out)
