@@ -250,9 +250,10 @@ def _add_convert(group: click.Group) -> None:
     @click.option("--vision-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="The encoder's open_clip config whose preprocess_cfg sets the image processor "
                        "(default: biomedclip_cxr_518.json in --release when there, else open_clip's defaults).")
+    @click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
     def convert_cmd(release_dir: Path, base_dir: Path | None, out_dir: Path, dtype: str, keep_lora: bool,
                     encoder_only: bool, clip: bool, text_base: Path | None, preset: str,
-                    vision_config: Path | None) -> None:
+                    vision_config: Path | None, overwrite: bool) -> None:
         """Convert the released LLaVA-Rad weights into one llavarad / Hugging Face model folder.
 
         \b
@@ -270,8 +271,9 @@ def _add_convert(group: click.Group) -> None:
             raise click.UsageError("--keep-lora has no meaning with --encoder-only")
         if clip and (encoder_only or keep_lora):
             raise click.UsageError("--clip writes the whole dual encoder: drop --encoder-only / --keep-lora")
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise click.ClickException(f"{out_dir} exists and is not empty: choose a new --out folder")
+        from llavarad.io.outputs import check_output
+
+        check_output(out_dir, [release_dir, base_dir, text_base], kind="dir", overwrite=overwrite)
         start = time.perf_counter()
         if clip:
             if text_base is None:
