@@ -117,4 +117,5 @@ def test_cli_writes_json_markdown_csv_and_plot(preds, tmp_path, capsys):
     rows = [json.loads(x) for x in after.read_text().splitlines()][1:]
     assert main(["compare", str(before), str(_write(tmp_path / "a.jsonl", rows)), "--out", str(tmp_path / "c2"),
                  "--bootstrap", "50", "--no-plot"]) == 1  # a report missing on one side
-    assert main(["compare", str(before), str(after), "--out", str(before.parent)]) != 0  # never over the inputs
+    assert main(["compare", str(before), str(after), "--out", str(before)]) != 0  # never over an input
+    assert before.is_file()
