@@ -299,7 +299,7 @@ class Fuzzer:
                     lambda rc: "exit 0 on a config that cannot train" if rc == 0 else None)
 
     def model_case(self) -> Case:
-        """generate / merge-lora / convert / explain / chexprompt / retrieval on special or garbage inputs."""
+        """generate / merge-lora / convert / init / chexprompt / retrieval / compare / explain on unusable inputs."""
         rng, special = self.rng, str(_special(self.tmp, self.rng))
         argv = rng.choice([
             ["generate", special, "--model", special],
@@ -310,6 +310,8 @@ class Fuzzer:
             ["chexprompt", special, "--out", str(self._path("_j")), "--backend", "openai_compatible",
              "--base-url", "http://127.0.0.1:9/v1", "--model", "m"],
             ["retrieval", "--manifest", special, "--encoder", special, "--out", str(self._path("_r"))],
+            ["compare", special, str(self.preds), "--out", str(self._path("_cmp"))],
+            ["explain", special, "--model", str(self.model), "--out", str(self._path("_x"))],
         ])
         return Case(argv[0], "damaging", argv, lambda rc: "exit 0 on an unusable input" if rc == 0 else None)
 

@@ -19,7 +19,6 @@ KNOWN_OFFENDERS: set[str] = {
     "llavarad/config.py",  # _coerce()
     "llavarad/data/structuring.py",  # run_llm_step(): on the LLM client being rebuilt
     "llavarad/evaluate/run.py",  # evaluate()
-    "llavarad/generate.py",  # run_generation()
 }
 
 

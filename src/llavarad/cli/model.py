@@ -264,6 +264,7 @@ def _add_convert(group: click.Group) -> None:
         """
         import time
 
+        from llavarad.io.outputs import check_output
         from llavarad.model.convert import ConversionError, convert_biomedclip, convert_encoder, convert_release
         from llavarad.model.presets import PresetError, load_preset
 
@@ -271,8 +272,6 @@ def _add_convert(group: click.Group) -> None:
             raise click.UsageError("--keep-lora has no meaning with --encoder-only")
         if clip and (encoder_only or keep_lora):
             raise click.UsageError("--clip writes the whole dual encoder: drop --encoder-only / --keep-lora")
-        from llavarad.io.outputs import check_output
-
         check_output(out_dir, [release_dir, base_dir, text_base], kind="dir", overwrite=overwrite)
         start = time.perf_counter()
         if clip:
