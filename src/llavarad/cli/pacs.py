@@ -38,13 +38,16 @@ def _parse_date(ctx: click.Context, param: click.Parameter, text: str | None) ->
 @click.option("--max-backoff", "max_backoff", default=900.0, show_default=True,
               help="Longest wait (s) while the PACS is unreachable (the wait doubles up to this).")
 @click.option("--max-attempts", default=3, show_default=True, help="Tries per failing study before it is left alone.")
+@click.option("--page-size", type=int, default=None,
+              help="Page QIDO-RS study searches with limit/offset (default: one query; some PACS ignore offset).")
 @click.option("--max-new-tokens", default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16, float16.")
 @click.pass_context
 def pacs_cmd(ctx: click.Context, url: str, model_dir: Path, since: _dt.date | None, once: bool, state_path: Path,
              auth: str, auth_env: str | None, auth_file: Path | None, modalities: tuple[str, ...], poll_seconds: float,
-             max_backoff: float, max_attempts: int, max_new_tokens: int, device: str, dtype: str) -> None:
+             max_backoff: float, max_attempts: int, page_size: int | None, max_new_tokens: int, device: str,
+             dtype: str) -> None:
     """Draft reports for new chest radiographs in a PACS and store them back as DICOM SRs.
 
     QIDO-RS finds CR/DX studies without an SR from this model, WADO-RS fetches the frontal image,
@@ -65,7 +68,7 @@ def pacs_cmd(ctx: click.Context, url: str, model_dir: Path, since: _dt.date | No
 
     config = PacsConfig(dicomweb_url=url, state_path=state_path, since=since, modalities=modalities, auth=auth,
                         auth_env=auth_env, auth_file=auth_file, max_attempts=max_attempts, poll_seconds=poll_seconds,
-                        max_backoff_seconds=max_backoff)
+                        max_backoff_seconds=max_backoff, page_size=page_size)
     config.client()  # credentials and URL checked before the model is loaded
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=1)
     bundle = load_model(model_dir, device=device, dtype=dtype)

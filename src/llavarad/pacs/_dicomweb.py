@@ -81,8 +81,14 @@ def value(item: dict[str, Any], keyword: str) -> Any:
 
 
 def iter_studies(client: DICOMwebClient, modalities: Sequence[str], since: str | None,
-                 page_size: int) -> Iterator[dict[str, Any]]:
-    """QIDO-RS: studies holding any of ``modalities`` (one query each, paged), each study once."""
+                 page_size: int | None) -> Iterator[dict[str, Any]]:
+    """QIDO-RS: studies holding any of ``modalities`` (one query each), each study once.
+
+    ``page_size`` None asks for all matches at once (the PACS's own result limit applies); a number
+    pages with limit/offset. Some PACS ignore ``offset`` (Orthanc 1.10 with DICOMweb 1.7 answers an
+    empty page to any offset when ModalitiesInStudy is given): a full first page followed by an
+    empty one is logged as a warning, since studies may then be missed.
+    """
     seen: set[str] = set()
     for modality in modalities:
         filters: dict[str, Any] = {"ModalitiesInStudy": modality}
@@ -90,14 +96,18 @@ def iter_studies(client: DICOMwebClient, modalities: Sequence[str], since: str |
             filters["StudyDate"] = f"{since}-"
         offset = 0
         while True:
-            page = client.search_for_studies(search_filters=filters, limit=page_size, offset=offset,
+            page = client.search_for_studies(search_filters=filters, limit=page_size, offset=offset or None,
                                              fields=["PatientID", "PatientName", "StudyDate"])
             for item in page:
                 uid = value(item, "StudyInstanceUID")
                 if uid and uid not in seen:
                     seen.add(uid)
                     yield item
-            if len(page) < page_size:
+            if page_size is None or len(page) < page_size:
+                if offset == page_size and not page:
+                    logger.warning("QIDO-RS: a full page of %d %s studies, then nothing at offset %d: the PACS may "
+                                   "ignore offset, so studies can be missed; run without a page size or narrow "
+                                   "the search with --since", page_size, modality, offset)
                 break
             offset += len(page)
 

@@ -72,7 +72,7 @@ class PacsConfig:
     poll_seconds: float = 60.0
     max_backoff_seconds: float = 900.0
     timeout_seconds: float = 120.0
-    page_size: int = 100
+    page_size: int | None = None  # None: one QIDO-RS query per modality, no limit/offset paging
 
     def __post_init__(self) -> None:
         self.state_path = Path(self.state_path)
@@ -83,9 +83,10 @@ class PacsConfig:
             problems.append(f"auth={self.auth!r} must be none, basic or bearer")
         if not self.modalities:
             problems.append("modalities is empty; use e.g. ('CR', 'DX')")
-        for name in ("max_attempts", "page_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_attempts < 1:
+            problems.append(f"max_attempts={self.max_attempts} must be >= 1")
+        if self.page_size is not None and self.page_size < 1:
+            problems.append(f"page_size={self.page_size} must be >= 1 (or None: no paging)")
         for name in ("poll_seconds", "max_backoff_seconds", "timeout_seconds"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name}={getattr(self, name)} must be > 0")
