@@ -191,3 +191,17 @@ def test_a_whole_row_without_its_newline_is_read_again(own, imported, tmp_path):
     s = import_dicom_archive(own.plan.root, own.reports, out, DicomImportConfig(workers=1))
     assert s.headers_read_now == own.plan.files - 4
     assert out.read_bytes() == ref.read_bytes()
+
+
+def test_files_deleted_between_runs_are_listed_not_imported(own, tmp_path):
+    import shutil
+
+    root = tmp_path / "export"
+    shutil.copytree(own.plan.root, root)
+    out = tmp_path / "m.jsonl"
+    first = import_dicom_archive(root, own.reports, out, DicomImportConfig(workers=1))
+    victim = next(r for r in read_manifest(out) if r.view == "LATERAL")
+    (out.parent / victim.image).unlink()  # under the manifest folder: the path is relative to it
+    second = import_dicom_archive(root, own.reports, out, DicomImportConfig(workers=1))
+    assert second.headers_read_now == 0 and second.problems["vanished"] == 1
+    assert second.images == first.images - 1 and victim.id not in {r.id for r in read_manifest(out)}

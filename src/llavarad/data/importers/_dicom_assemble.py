@@ -30,7 +30,7 @@ __all__ = ["EXCLUDING", "assemble", "patient_split", "problem_row"]
 
 #: Reasons whose items never reach the manifest (the others are flags on kept records).
 EXCLUDING: tuple[str, ...] = (
-    "unreadable", "not_dicom", "not_image", "missing_uid", "secondary_capture", "for_processing", "not_cr_dx", "non_chest",
+    "unreadable", "not_dicom", "not_image", "vanished", "missing_uid", "secondary_capture", "for_processing", "not_cr_dx", "non_chest",
     "body_part_unknown", "duplicate_sop", "duplicate_report", "report_unusable", "report_without_study")
 _IMAGE_COLUMNS = ("path", "sop", "study", "patient", "accession", "series", "view", "frontal", "view_source",
                   "body_part", "laterality", "modality")
@@ -109,8 +109,13 @@ def _images_into(db: sqlite3.Connection, state: Path, cfg: DicomImportConfig, ad
     for _line, h in read_jsonl(state):
         if "meta" in h:
             continue
-        summary.files += 1
         path = h["path"]
+        gone = db.execute("SELECT seen FROM done WHERE path = ?", (path,)).fetchone()
+        if gone is not None and not gone[0]:  # read by an earlier run, no longer in the tree
+            add(problem_row("vanished", path, f"{path}: read by an earlier run but no longer in the tree; left out"),
+                0, path)
+            continue
+        summary.files += 1
         if h.get("status") != "ok":
             add(problem_row(h.get("status", "unreadable"), path, f"{path}: {h.get('error')}"), 0, path)
             continue

@@ -196,7 +196,7 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 def _load_state(db: sqlite3.Connection, state: Path, root: Path) -> bool:
     """Index the paths of an earlier run's state file (already repaired by its writer); return
     whether the file still needs its meta line."""
-    db.execute("CREATE TABLE done (path TEXT PRIMARY KEY)")
+    db.execute("CREATE TABLE done (path TEXT PRIMARY KEY, seen INTEGER DEFAULT 0)")
     if not state.exists() or state.stat().st_size == 0:
         return True
     batch: list[tuple[str]] = []
@@ -209,9 +209,9 @@ def _load_state(db: sqlite3.Connection, state: Path, root: Path) -> bool:
             continue
         batch.append((obj["path"],))
         if len(batch) >= 10_000:
-            db.executemany("INSERT OR IGNORE INTO done VALUES (?)", batch)
+            db.executemany("INSERT OR IGNORE INTO done (path) VALUES (?)", batch)
             batch.clear()
-    db.executemany("INSERT OR IGNORE INTO done VALUES (?)", batch)
+    db.executemany("INSERT OR IGNORE INTO done (path) VALUES (?)", batch)
     db.commit()
     return False
 
@@ -219,7 +219,8 @@ def _load_state(db: sqlite3.Connection, state: Path, root: Path) -> bool:
 def _new_files(db: sqlite3.Connection, root: Path, counter: Counter) -> Iterator[str]:
     for rel in iter_files(root):
         counter["files"] += 1
-        if db.execute("SELECT 1 FROM done WHERE path = ?", (rel,)).fetchone() is None:
+        # marks a file of an earlier run as still there; a file deleted since stays unseen (see assembly)
+        if db.execute("UPDATE done SET seen = 1 WHERE path = ?", (rel,)).rowcount == 0:
             yield rel
 
 
