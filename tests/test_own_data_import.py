@@ -13,6 +13,7 @@ import pytest
 from own_data_archive import kill_while_reading_headers, llavarad_command, make_own_data
 
 from llavarad.cli import main
+from llavarad.data.importers._common import DatasetLayoutError
 from llavarad.data.importers._dicom_headers import classify, iter_files, read_header
 from llavarad.data.importers.dicom_archive import (
     DicomImportConfig,
@@ -205,3 +206,11 @@ def test_files_deleted_between_runs_are_listed_not_imported(own, tmp_path):
     second = import_dicom_archive(root, own.reports, out, DicomImportConfig(workers=1))
     assert second.headers_read_now == 0 and second.problems["vanished"] == 1
     assert second.images == first.images - 1 and victim.id not in {r.id for r in read_manifest(out)}
+
+
+def test_a_wrong_report_column_fails_before_any_header_is_read(own, tmp_path):
+    out = tmp_path / "m.jsonl"
+    with pytest.raises(DatasetLayoutError, match="REPORT_TEXT"):
+        import_dicom_archive(own.plan.root, own.reports, out,
+                             DicomImportConfig(workers=1, columns=ReportColumns(text="REPORT_TEXT")))
+    assert not output_paths(out)["state"].exists()

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
@@ -44,8 +43,10 @@ from llavarad.data.importers.report_sources import (
     JoinKey,
     ReportColumns,
     ReportFormat,
+    iter_reports,
 )
 from llavarad.io.manifest import JsonlWriter, read_jsonl
+from llavarad.io.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ def import_dicom_archive(root: str | Path, reports: str | Path, out: str | Path,
                                  "files; write the manifest outside the tree")
     if out.resolve() == Path(reports).resolve():
         raise DatasetLayoutError(f"--out {out} is the report file; choose another manifest path")
+    # a missing report file or column fails now, not after the header phase: the first row resolves them
+    next(iter(iter_reports(reports, cfg.join, cfg.reports_format, cfg.columns, cfg.fhir_version)), None)
     paths = output_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = ImportSummary(paths={k: str(v) for k, v in paths.items()})
@@ -176,21 +179,10 @@ def import_dicom_archive(root: str | Path, reports: str | Path, out: str | Path,
     finally:
         db.close()
         db_name.unlink(missing_ok=True)
-    _write_json(paths["summary"], {**summary.to_dict(), "root": str(root), "reports": str(reports),
-                                   "config": _config_dict(cfg)})
+    with atomic_write(paths["summary"]) as fh:
+        fh.write(json.dumps({**summary.to_dict(), "root": str(root), "reports": str(reports),
+                             "config": asdict(cfg)}, indent=2, ensure_ascii=False) + "\n")
     return summary
-
-
-def _config_dict(cfg: DicomImportConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(cfg)
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _load_state(db: sqlite3.Connection, state: Path, root: Path) -> bool:
