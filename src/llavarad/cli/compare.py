@@ -52,7 +52,25 @@ def compare_cmd(ctx: click.Context, before: Path, after: Path, out_dir: Path, la
                             bootstrap=n_bootstrap, seed=RELEASE_SEED if seed is None else seed,
                             before_name=before_name, after_name=after_name, plot=not no_plot)
         check_output(out_dir, [before, after], kind="dir", resumable=True)
-        result = compare(before, after, out_dir, cfg)
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            result = compare(before, after, out_dir, cfg, progress=progress)
     except (ConfigError, CompareError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     b, a = result["before"]["name"], result["after"]["name"]

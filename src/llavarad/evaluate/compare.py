@@ -19,6 +19,7 @@ ROUGE-L, and per-observation F1. Outputs: ``compare.json``, ``compare.md``, ``co
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -170,8 +171,11 @@ def _name(config_name: str | None, data: Any, path: str | Path, fallback: str) -
 
 
 def compare(before: str | Path, after: str | Path, out_dir: str | Path, config: CompareConfig | None = None,
-            labeler: Any | None = None) -> dict[str, Any]:
+            labeler: Any | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Score ``before`` and ``after`` (predictions JSONL) on their shared reports; write and return the result.
+
+    ``progress(stage, done, total)`` is called while the reports are labeled ("labels before" /
+    "labels after"); labels are cached in ``out_dir``, so a rerun is quick.
 
     Raises:
         FileNotFoundError: a predictions file is missing.
@@ -188,8 +192,11 @@ def compare(before: str | Path, after: str | Path, out_dir: str | Path, config: 
         opts = {"weights": cfg.chexbert_weights} if cfg.labeler == "chexbert" and cfg.chexbert_weights else {}
         labeler = get_labeler(cfg.labeler, **opts)
     failed: list[dict[str, Any]] = []
-    kept_b, ref_b, pred_b = label_all(labeler, pairs_b, out / "labels_before.jsonl", None, failed)
-    kept_a, _ref_a, pred_a = label_all(labeler, pairs_a, out / "labels_after.jsonl", None, failed)
+    def stage(name: str) -> Callable[[str, int, int], None] | None:
+        return None if progress is None else (lambda _s, done, total: progress(name, done, total))
+
+    kept_b, ref_b, pred_b = label_all(labeler, pairs_b, out / "labels_before.jsonl", stage("labels before"), failed)
+    kept_a, _ref_a, pred_a = label_all(labeler, pairs_a, out / "labels_after.jsonl", stage("labels after"), failed)
     lab_b = {p.id: (p, r, lb) for p, r, lb in zip(kept_b, ref_b, pred_b)}
     lab_a = {p.id: (p, la) for p, la in zip(kept_a, pred_a)}
     ids = [p.id for p in kept_b if p.id in lab_a]
