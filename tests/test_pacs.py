@@ -69,6 +69,10 @@ def make_studies(shared_data: Path, copies: int = 1) -> tuple[list, dict[str, ob
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
             ds.PatientName, ds.PatientID = SECRET_NAME, f"{SECRET_ID}-{n}-{i}"
             ds.StudyDate = "20240105"
+            if i == 0:  # as a modality copies it from the worklist
+                request = pydicom.Dataset()
+                request.ReasonForTheRequestedProcedure = "Fever and cough."
+                ds.RequestAttributesSequence = [request]
             ds = _part10(ds)
             datasets.append(ds)
             expected[ds.StudyInstanceUID] = ds
@@ -139,8 +143,10 @@ def finding_text(sr) -> tuple[str, str]:
 def test_loop_drafts_each_study_once_and_reruns_add_nothing(orthanc, loaded, drafting, tmp_path, login, caplog):
     from llavarad.io.images import read_cxr
     from llavarad.pacs import run_loop
+    from llavarad.report_formats import indication_from_dicom
 
     generator, info = drafting
+    assert sum(indication_from_dicom(ds) == "Fever and cough." for ds in loaded.values()) == 1
     cfg = config(orthanc, tmp_path, login, max_attempts=2)
     caplog.set_level(logging.DEBUG)
     first = run_loop(cfg, generator, info, once=True)
@@ -154,7 +160,10 @@ def test_loop_drafts_each_study_once_and_reruns_add_nothing(orthanc, loaded, dra
         buf = io.BytesIO()
         source.save_as(buf, enforce_file_format=True)
         text, referenced = finding_text(sr)
-        assert text == generator.generate(read_cxr(buf).image)  # the same draft as plain generation
+        indication = indication_from_dicom(source)
+        assert text == generator.generate(read_cxr(buf).image, indication=indication)  # as plain generation
+        comment = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Comment")
+        assert ("Indication given to the model: Fever and cough." in comment.TextValue) == (indication is not None)
         assert referenced == source.SOPInstanceUID
         assert sr.StudyInstanceUID == study_uid and sr.SeriesInstanceUID != source.SeriesInstanceUID
         assert (sr.CompletionFlag, sr.VerificationFlag) == ("PARTIAL", "UNVERIFIED")

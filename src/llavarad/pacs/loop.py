@@ -189,7 +189,7 @@ def _process(client: DICOMwebClient, generator: ReportGenerator, model: ModelInf
              uid: str, description: str, private: list[str]) -> tuple[Status, dict[str, Any]]:
     """Draft and store one study; returns its outcome and what the state file keeps."""
     from llavarad.io.images import read_cxr
-    from llavarad.report_formats import DraftReport
+    from llavarad.report_formats import DraftReport, indication_from_dicom
     from llavarad.report_formats._common import MANUFACTURER
     from llavarad.report_formats.sr import to_sr
 
@@ -209,13 +209,14 @@ def _process(client: DICOMwebClient, generator: ReportGenerator, model: ModelInf
     buffer.name = f"study {uid} instance {frontal.sop_uid}"
     cxr = read_cxr(buffer)
     warnings = () if frontal.view else ("the image does not say its view; assumed frontal",)
-    findings = generator.generate(cxr.image)
-    sr = to_sr(DraftReport(findings, warnings=warnings), source, model)
+    indication = indication_from_dicom(source)  # the worklist's reason for the exam, as the prompt wants
+    findings = generator.generate(cxr.image, indication=indication)
+    sr = to_sr(DraftReport(findings, indication=indication, warnings=warnings), source, model)
     store(client, sr)
     logger.info("study %s: stored SR %s (from image %s, view %s)", uid, sr.SOPInstanceUID, frontal.sop_uid,
                 frontal.view or "unknown")
     return "stored", {"sr_series": str(sr.SeriesInstanceUID), "sr_sop": str(sr.SOPInstanceUID),
-                      "source_sop": frontal.sop_uid, "view": frontal.view}
+                      "source_sop": frontal.sop_uid, "view": frontal.view, "indication": indication is not None}
 
 
 def _pacs_unavailable(exc: BaseException) -> bool:

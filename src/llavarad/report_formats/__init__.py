@@ -10,10 +10,12 @@ from llavarad.report_formats._common import (
     DraftReport,
     ModelInfo,
     ReportFormatError,
+    indication_from_dicom,
     read_source_header,
 )
 
-__all__ = ["DraftReport", "ModelInfo", "ReportFormatError", "read_source_header", "to_fhir", "to_fhir_json", "to_sr"]
+__all__ = ["DraftReport", "ModelInfo", "ReportFormatError", "indication_from_dicom", "read_source_header", "to_fhir",
+           "to_fhir_json", "to_sr"]
 
 
 def __getattr__(name: str):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from llavarad.model.build import ModelBundle
 
-__all__ = ["DraftReport", "ModelInfo", "ReportFormatError", "read_source_header"]
+__all__ = ["DraftReport", "ModelInfo", "ReportFormatError", "indication_from_dicom", "read_source_header"]
 
 #: Said in every rendering, so nobody takes the draft for a radiologist's signed report.
 DISCLAIMER = ("Preliminary machine-generated draft (AI); not reviewed or verified by a radiologist. "
@@ -143,6 +143,21 @@ def read_source_header(path: str | Path) -> Dataset:
     if missing:
         raise ReportFormatError(f"{p}: the DICOM header lacks {', '.join(missing)}; a report cannot reference it")
     return ds
+
+
+def indication_from_dicom(ds: Dataset) -> str | None:
+    """The reason for the exam as the image header carries it, for the model's prompt; None when absent.
+
+    Looks at Reason for the Requested Procedure in the Request Attributes Sequence (where modalities
+    copy it from the worklist), then at the top level, then at the retired Reason for Study.
+    """
+    candidates = [item.get("ReasonForTheRequestedProcedure") for item in ds.get("RequestAttributesSequence") or []]
+    candidates += [ds.get("ReasonForTheRequestedProcedure"), ds.get("ReasonForStudy")]
+    for value in candidates:
+        text = " ".join(str(value or "").split())
+        if text:
+            return text
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
