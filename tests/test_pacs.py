@@ -306,3 +306,18 @@ def test_pacs_cli_once(orthanc, loaded, tiny_model_dir, tmp_path, login, capsys)
     assert "6 studies found: 3 drafted and stored" in out.out and "failed study" in out.err
     assert SECRET_NAME not in out.out + out.err and SECRET_ID not in out.out + out.err
     assert main(["pacs", "--dicomweb", "ftp://x", "--model", str(tiny_model_dir), "--once"]) != 0
+
+
+def test_state_file_torn_by_a_kill_is_repaired_and_the_last_line_wins(tmp_path):
+    from llavarad.pacs import StudyState
+
+    path = tmp_path / "state.jsonl"
+    path.write_text('{"study": "1.2", "status": "failed", "attempts": 1}\n{"study": "1.2", "status": "stored"}\n'
+                    '{"study": "1.3", "sta', encoding="utf-8")  # the last write was cut by kill -9
+    state = StudyState(path)
+    try:
+        assert {uid: rec["status"] for uid, rec in state.last.items()} == {"1.2": "stored"}
+        state.record("1.3", "failed", attempts=1, error="x")
+    finally:
+        state.close()
+    assert StudyState(path).last["1.3"]["attempts"] == 1

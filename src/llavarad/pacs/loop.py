@@ -127,7 +127,7 @@ class StudyState:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._writer = JsonlWriter(self.path, key="study", resume=True)  # repairs a torn last line
+        self._writer = JsonlWriter(self.path, key=None, resume=True)  # repairs a torn last line; `last` is the index
         self.last: dict[str, dict[str, Any]] = {}
         if self.path.stat().st_size:
             for _, rec in read_jsonl(self.path):
