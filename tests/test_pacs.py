@@ -320,4 +320,6 @@ def test_state_file_torn_by_a_kill_is_repaired_and_the_last_line_wins(tmp_path):
         state.record("1.3", "failed", attempts=1, error="x")
     finally:
         state.close()
-    assert StudyState(path).last["1.3"]["attempts"] == 1
+    again = StudyState(path)
+    again.close()
+    assert again.last["1.3"]["attempts"] == 1
