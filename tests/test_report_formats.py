@@ -74,6 +74,17 @@ def test_sr_from_each_real_dicom_is_valid_and_references_its_source(shared_data,
     assert errors == [], errors
 
 
+def test_source_header_from_memory_as_a_server_gets_it(shared_data):
+    import io
+
+    raw = (shared_data / "images" / DICOMS[2]).read_bytes()  # the no-preamble file
+    upload = io.BytesIO(raw)
+    assert read_source_header(upload).SOPInstanceUID == read_source_header(shared_data / "images" / DICOMS[2]).SOPInstanceUID
+    png = io.BytesIO((shared_data / "images" / "00000001_000.png").read_bytes())
+    with pytest.raises(ReportFormatError, match="upload: a PNG file has no DICOM study"):
+        read_source_header(png)
+
+
 def test_sr_uids_are_stable_per_study_and_model(shared_data):
     source = read_source_header(shared_data / "images" / DICOMS[0])
     a, b = to_sr(DraftReport("one"), source, MODEL), to_sr(DraftReport("two"), source, MODEL)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from llavarad.errors import LlavaradError
 
@@ -115,33 +116,41 @@ class DraftReport:
         return cls(findings=text, indication=record.get("indication"), warnings=tuple(str(w) for w in warnings))
 
 
-def read_source_header(path: str | Path) -> Dataset:
+def read_source_header(source: str | Path | BinaryIO) -> Dataset:
     """The DICOM header of a source image (pixel data not read), for the SR's and FHIR's references.
 
-    A PNG or JPEG has no study to attach a report to: :class:`ReportFormatError` says so.
+    ``source`` is a path or an open binary file (e.g. ``io.BytesIO`` of an upload; read from its
+    current position, named by its ``name`` attribute or ``upload`` in messages). A PNG or JPEG has no
+    study to attach a report to: :class:`ReportFormatError` says so.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     from llavarad.io.images import detect_format
 
-    p = Path(path)
+    in_memory = not isinstance(source, (str, os.PathLike))
+    name = str(getattr(source, "name", "") or "upload") if in_memory else str(source)
     try:
-        with p.open("rb") as fh:
-            head = fh.read(512)
+        if in_memory:
+            start = source.tell()
+            head = source.read(512)
+            source.seek(start)
+        else:
+            with Path(source).open("rb") as fh:
+                head = fh.read(512)
     except OSError as exc:
-        raise ReportFormatError(f"{p}: cannot be read ({exc.strerror or exc})") from exc
+        raise ReportFormatError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
     fmt = detect_format(head)
     if fmt != "dicom":
-        raise ReportFormatError(f"{p}: a {fmt.upper() if fmt else 'non-DICOM'} file has no DICOM study to attach a "
-                                "report to; use --format jsonl or fhir, or give the DICOM file")
+        raise ReportFormatError(f"{name}: a {fmt.upper() if fmt else 'non-DICOM'} file has no DICOM study to attach "
+                                "a report to; use --format jsonl or fhir, or give the DICOM file")
     try:
-        ds = pydicom.dcmread(str(p), force=True, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError) as exc:
-        raise ReportFormatError(f"{p}: DICOM header cannot be read ({exc})") from exc
+        ds = pydicom.dcmread(source if in_memory else str(source), force=True, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise ReportFormatError(f"{name}: DICOM header cannot be read ({type(exc).__name__})") from exc
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not ds.get(k)]
     if missing:
-        raise ReportFormatError(f"{p}: the DICOM header lacks {', '.join(missing)}; a report cannot reference it")
+        raise ReportFormatError(f"{name}: the DICOM header lacks {', '.join(missing)}; a report cannot reference it")
     return ds
 
 
