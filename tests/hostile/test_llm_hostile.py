@@ -219,3 +219,21 @@ def test_unreadable_input_lines_are_failed_rows_with_their_line(tmp_path, clean_
     assert "lone surrogate" in errors["surrogate"]
     assert result["n"] == 4
     assert_good_rows_identical(tmp_path / "o", clean_rows)
+
+
+def test_cli_caps_retry_after_and_bounds_the_whole_request(tmp_path, run, caplog):
+    preds = write_preds(tmp_path / "p.jsonl", {"bad": ("Reference: normal chest.", HOSTILE)})
+    first = iter([Status(429, headers={"Retry-After": "999999"})])
+
+    def responder(body: dict, index: int):
+        if candidate_of(body) == HOSTILE:
+            return Trickle(answer_for(HOSTILE), interval_s=0.3)
+        return next(first, None) or good_responder(body, index)
+
+    with caplog.at_level(logging.WARNING), ScriptedServer(responder=responder) as srv:
+        res = run("chexprompt", preds, "--out", tmp_path / "o", "--backend", "openai_compatible", "--base-url",
+                  srv.base_url, "--retry-after-max", "0.2", "--timeout", "0.8", "--max-retries", "1", "--no-cache",
+                  "--bootstrap", "10", "--set", "llm.backoff_base_s=0.001")
+    assert res.rc == 1 and "4 of 5 reports judged, 1 failed" in res.out
+    assert "no complete reply within 0.8 s" in res.err
+    assert any("waiting 0.2 s (capped by llm.retry_after_max_s)" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -373,4 +373,4 @@ class LLMClient:
 
 def _kind(error: str | None) -> str:
     """First clause of an error, for logs (errors never contain report text, but keep logs short)."""
-    return (error or "").split(":")[0][:120]
+    return (error or "").split(": ")[0][:120]  # ": " so that a URL's "http://" stays whole
