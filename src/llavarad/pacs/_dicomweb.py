@@ -55,8 +55,11 @@ def read_secret(kind: AuthKind, env: str | None, file: str | Path | None) -> str
 
 def make_client(url: str, kind: AuthKind = "none", secret: str | None = None, timeout: float = 120.0) -> DICOMwebClient:
     """A ``DICOMwebClient`` for ``url`` logged in with basic (``user:password``) or bearer (token) auth."""
-    import requests
-    from dicomweb_client.api import DICOMwebClient
+    try:
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+    except ImportError as exc:
+        raise PacsError(f"{exc.name} is not installed: pip install 'llavarad[pacs]'") from exc
 
     session = requests.Session()
     if kind == "basic" and secret:

@@ -116,6 +116,18 @@ class DraftReport:
         return cls(findings=text, indication=record.get("indication"), warnings=tuple(str(w) for w in warnings))
 
 
+def require(module: str) -> None:
+    """Fail with the install command when an optional library of the ``pacs`` extra is missing."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (e.g. ``fhir`` of ``fhir.resources``) is missing
+        found = False
+    if not found:
+        raise ReportFormatError(f"{module} is not installed: pip install 'llavarad[pacs]'")
+
+
 def read_source_header(source: str | Path | BinaryIO) -> Dataset:
     """The DICOM header of a source image (pixel data not read), for the SR's and FHIR's references.
 

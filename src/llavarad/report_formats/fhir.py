@@ -34,6 +34,7 @@ from llavarad.report_formats._common import (
     DraftReport,
     ModelInfo,
     ReportFormatError,
+    require,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def to_fhir_resource(report: DraftReport, source: Dataset | None, model: ModelIn
 
     ``source`` is the DICOM header of the image (or None for PNG/JPEG: no subject or study references).
     """
+    require("fhir.resources")
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
     from pydantic import ValidationError
 

@@ -33,6 +33,7 @@ from llavarad.report_formats._common import (
     DraftReport,
     ModelInfo,
     ReportFormatError,
+    require,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def to_sr(report: DraftReport, source: Dataset | Sequence[Dataset], model: Model
     evidence. Raises :class:`ReportFormatError` when a source lacks the UIDs a reference needs or the
     sources belong to different studies.
     """
+    require("highdicom")
     import highdicom as hd
 
     sources = [source] if not isinstance(source, Sequence) else list(source)
