@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from llavarad.errors import LlavaradError
 from llavarad.evaluate.embedding import (  # noqa: F401 - re-exported
     compute_ranks,
     embedding_validation_metrics,
@@ -71,7 +72,7 @@ DIRECTIONS = ("i2t", "t2i")
 _DIRECTION_NAMES = {"i2t": "image->text", "t2i": "text->image"}
 
 
-class RetrievalError(RuntimeError):
+class RetrievalError(LlavaradError, RuntimeError):
     """A retrieval run that cannot proceed; the message says what to change."""
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llavarad.errors import LlavaradError
 from llavarad.io.manifest import JsonlWriter, read_jsonl
 from llavarad.llm import ChatRequest, ChatResult, LLMClient, LLMConfig
 from llavarad.prompts.chexprompt import (
@@ -64,7 +65,7 @@ LOCK_FILE = ".chexprompt.lock"
 PromptName = Literal["llavarad", "release"]
 
 
-class ChexpromptError(RuntimeError):
+class ChexpromptError(LlavaradError, RuntimeError):
     """A CheXprompt run that cannot proceed (empty input, an output folder in use, ...); the message
     names the file and the fix."""
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llavarad.errors import LlavaradError
 from llavarad.prompts.chexprompt import COUNT_COLUMNS, ERROR_TYPES, MAX_COUNT
 
 __all__ = ["ReleasePrompt", "ReleasePromptError", "load_release_prompt", "parse_release_reply"]
@@ -40,7 +41,7 @@ _STRINGS = ("SYSTEM_INSTRUCTIONS", "USER_INSTRUCTIONS", "EXAMPLES_FORMATTED")
 _SETTINGS = ("engine", "temperature", "max_tokens", "top_p", "frequency_penalty", "presence_penalty", "max_retries")
 
 
-class ReleasePromptError(RuntimeError):
+class ReleasePromptError(LlavaradError, RuntimeError):
     """The ``chexprompt`` package is missing or does not have the layout llavarad reads."""
 
 

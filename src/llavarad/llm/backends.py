@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from llavarad.errors import LlavaradError
 from llavarad.llm.config import OPENAI_BASE_URL, LLMConfig
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class TransientError(RuntimeError):
         self.retry_after = retry_after
 
 
-class PermanentError(RuntimeError):
+class PermanentError(LlavaradError, RuntimeError):
     """A failure that retrying this request will not fix (e.g. 404 unknown model, 400 bad request)."""
 
 
