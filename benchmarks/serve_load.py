@@ -125,15 +125,29 @@ async def _load(url: str, clients: int, per_client: int, images: list[tuple[str,
         return out, time.perf_counter() - start
 
 
+def _batch_stats(metrics: str) -> dict[str, float]:
+    """Mean batch size and the share of the run the model was busy, from the server's /metrics."""
+    values = {}
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("llavarad_batch_size_sum", "llavarad_batch_size_count", "llavarad_batch_seconds_sum"):
+            values[name] = float(value)
+    count = values.get("llavarad_batch_size_count", 0) or 1
+    return {"mean_batch": values.get("llavarad_batch_size_sum", 0) / count,
+            "model_seconds": values.get("llavarad_batch_seconds_sum", 0)}
+
+
 def run_load(model: Path, batch: int, args, images) -> dict:
+    threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
     with Server(model, "--max-batch-size", str(batch), "--max-new-tokens", str(args.new_tokens),
-                "--max-queue", str(max(64, args.clients))) as srv:
+                "--max-queue", str(max(64, args.clients)), *threads) as srv:
         rows, seconds = asyncio.run(_load(srv.url, args.clients, args.requests, images))
+        stats = _batch_stats(httpx.get(srv.url + "/metrics", timeout=30).text)
     lat = sorted(r["seconds"] for r in rows)
     echoes = Counter(r["echo"] for r in rows if r["status"] == 200)
     expected = {f"c{c}-r{k}" for c in range(args.clients) for k in range(args.requests)}
     q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
-    return {"rps": len(rows) / seconds, "p50": q[49] * 1000, "p95": q[94] * 1000, "rows": rows,
+    return {"rps": len(rows) / seconds, "p50": q[49] * 1000, "p95": q[94] * 1000, "rows": rows, **stats,
             "status": Counter(r["status"] for r in rows),
             "exactly_once": set(echoes) == expected and all(v == 1 for v in echoes.values()),
             "findings": {r["key"]: r["findings"] for r in rows if r["status"] == 200}}
@@ -322,6 +336,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256,
                     help="Longest draft (the server's default and the paper's; a random model seldom stops early).")
     ap.add_argument("--fuzz", type=int, default=1200, help="Malformed requests (0: skip the fuzz run).")
+    ap.add_argument("--torch-threads", type=int, default=None, help="Passed to both servers (default: torch's).")
     ap.add_argument("--skip-load", action="store_true")
     args = ap.parse_args()
     if not DATA.is_dir():
@@ -338,7 +353,8 @@ def main() -> None:
             batched = run_load(model, 8, args, images)
             for name, r in (("max-batch-size 1", single), ("max-batch-size 8", batched)):
                 print(f"{name}: {r['rps']:.2f} req/s, p50 {r['p50']:.0f} ms, p95 {r['p95']:.0f} ms, "
-                      f"statuses {dict(r['status'])}, exactly once {r['exactly_once']}")
+                      f"statuses {dict(r['status'])}, exactly once {r['exactly_once']}, mean batch {r['mean_batch']:.1f}, "
+                  f"model busy {r['model_seconds']:.0f} s of {len(r['rows']) / r['rps']:.0f} s")
             same = batched["findings"] == single["findings"] and len(batched["findings"]) > 0
             five = sum(v for k, v in (single["status"] + batched["status"]).items() if k >= 500 or k < 0)
             print(f"RESULT serve_batching_speedup {batched['rps'] / single['rps']:.2f} x goal=>=3")

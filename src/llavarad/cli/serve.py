@@ -28,12 +28,15 @@ import click
 @click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Longest draft in tokens.")
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Allow this web origin (CORS is off by default).")
 @click.option("--model-id", default=None, help="Name in /v1/models and answers (default: the folder's name).")
+@click.option("--torch-threads", type=int, default=None,
+              help="Intra-op threads of the model's thread (default: torch's, every core); on a CPU that also "
+                   "decodes images, fewer avoid oversubscription.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 def serve_cmd(model_dir: Path, host: str, port: int, max_batch_size: int, max_wait_ms: float, max_queue: int,
               request_timeout_s: float, upload_timeout_s: float, api_key_file: Path | None, max_upload_mb: float, max_pixels: int,
               max_indication_tokens: int, max_new_tokens: int, cors_origins: tuple[str, ...], model_id: str | None,
-              device: str, dtype: str) -> None:
+              torch_threads: int | None, device: str, dtype: str) -> None:
     """Serve report drafts over HTTP on this machine: JSON API, OpenAI-compatible chat, web page.
 
     \b
@@ -49,7 +52,7 @@ def serve_cmd(model_dir: Path, host: str, port: int, max_batch_size: int, max_wa
                              api_key_file=str(api_key_file) if api_key_file else None,
                              max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
                              max_indication_tokens=max_indication_tokens, max_new_tokens=max_new_tokens,
-                             cors_origins=cors_origins, model_id=model_id)
+                             cors_origins=cors_origins, model_id=model_id, torch_threads=torch_threads)
     except ServeConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     try:

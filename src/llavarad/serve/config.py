@@ -48,6 +48,8 @@ class ServeConfig:
     waiting for the model (beyond it: 503 + Retry-After); ``max_concurrent_uploads`` bounds how many
     bodies are read into memory at once (others wait, within their deadline), so memory stays below
     about ``max_concurrent_uploads * max_upload_bytes`` plus the queue of decoded images.
+    ``torch_threads`` sets the model thread's intra-op threads (None: torch's default, every core);
+    on a CPU shared with image decoding, fewer threads avoid oversubscription.
     """
 
     host: str = "127.0.0.1"
@@ -64,6 +66,7 @@ class ServeConfig:
     max_field_bytes: int = 64 * 1024
     max_new_tokens: int = 256
     explain_image_size: int = 192
+    torch_threads: int | None = None
     api_key_file: str | None = None
     cors_origins: tuple[str, ...] = ()
     model_id: str | None = None
@@ -77,6 +80,8 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            problems.append(f"torch_threads={self.torch_threads} must be >= 1 (or None: torch's default)")
         if not 0 < self.port < 65536:
             problems.append(f"port={self.port} must be in 1..65535")
         for name in ("max_wait_ms",):

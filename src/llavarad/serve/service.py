@@ -61,6 +61,7 @@ class DraftService:
         self.worker = BatchingWorker(generator, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                                      max_queue=config.max_queue, max_new_tokens=config.max_new_tokens,
                                      max_indication_tokens=config.max_indication_tokens,
+                                     torch_threads=config.torch_threads,
                                      on_batch=metrics.observe_batch, on_depth=metrics.set_depth)
         self.labeler = RuleLabeler()
         self._uploads = asyncio.Semaphore(config.max_concurrent_uploads)

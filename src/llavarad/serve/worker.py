@@ -63,6 +63,7 @@ class BatchingWorker:
 
     def __init__(self, generator: ReportGenerator, *, max_batch_size: int = 8, max_wait_ms: float = 10.0,
                  max_queue: int = 64, max_new_tokens: int = 256, max_indication_tokens: int = 512,
+                 torch_threads: int | None = None,
                  on_batch: Callable[[int, float], None] | None = None,
                  on_depth: Callable[[int], None] | None = None):
         from llavarad.generate import GenerationSettings
@@ -75,6 +76,7 @@ class BatchingWorker:
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.max_new_tokens = max_new_tokens
+        self.torch_threads = torch_threads
         self._on_batch = on_batch or (lambda size, seconds: None)
         self._on_depth = on_depth or (lambda depth: None)
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -174,6 +176,10 @@ class BatchingWorker:
         return batch
 
     def _run(self) -> None:
+        if self.torch_threads:  # per thread: OpenMP's thread count is a per-thread setting
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         while True:
             batch = self._collect()
             if batch is None:
