@@ -42,12 +42,13 @@ def test_explain_matches_greedy_generation_and_keeps_only_image_columns(tiny_bun
     assert (expl.token_head_maps >= 0).all() and (expl.token_head_maps.sum(-1) <= 1 + 1e-5).all()
     # the model's own attention setting is restored
     assert tiny_bundle.model.config._attn_implementation == before
-    for agg in ("max-over-layers",):
-        other = explain(tiny_bundle, image, "Cough.", max_new_tokens=12, aggregate=agg)
-        assert np.allclose(other.word_maps.reshape(len(other.words), -1),
-                           np.stack([other.token_layer_maps[w["tokens"]].max(axis=1).mean(axis=0) for w in other.words]))
+    other = explain(tiny_bundle, image, "Cough.", max_new_tokens=12, method="max-layers")
+    assert np.allclose(other.word_maps.reshape(len(other.words), -1),
+                       np.stack([other.token_layer_maps[w["tokens"]].max(axis=1).mean(axis=0) for w in other.words]))
     with pytest.raises(ValueError, match="needs --head"):
-        explain(tiny_bundle, image, aggregate="layer-head")
+        explain(tiny_bundle, image, method="layer-head")
+    with pytest.raises(ValueError, match="method 'saliency' must be one of"):
+        explain(tiny_bundle, image, method="saliency")
     with pytest.raises(ValueError, match="layer 9 is outside"):
         explain(tiny_bundle, image, layer=9)
 

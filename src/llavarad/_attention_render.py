@@ -27,15 +27,27 @@ def _heat_rgb(values: np.ndarray) -> np.ndarray:
     return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).astype(np.uint8)
 
 
-def overlay(image: Image.Image, attn_map: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """Blend a ``(grid, grid)`` map, min-max normalised and upsampled bicubically, over the image."""
+def overlay(image: Image.Image, attn_map: np.ndarray, alpha: float = 0.5,
+            box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> Image.Image:
+    """Blend a ``(grid, grid)`` map, min-max normalised and upsampled bicubically, over the image.
+
+    ``box``: where the grid lies on ``image``, as fractions of its width and height (an
+    :class:`~llavarad.attention.Explanation`'s ``image_box``: the centre crop the model saw). The
+    heat covers that box only; what the crop cut off is left as it is.
+    """
     base = image.convert("RGB")
     m = attn_map.astype(np.float32)
     span = float(m.max() - m.min())
     m = (m - m.min()) / span if span > 0 else np.zeros_like(m)
-    up = Image.fromarray((m * 255).astype(np.uint8)).resize(base.size, Image.Resampling.BICUBIC)
-    heat = Image.fromarray(_heat_rgb(np.asarray(up, dtype=np.float32) / 255.0))
-    return Image.blend(base, heat, alpha)
+    w, h = base.size
+    x0, y0 = round(box[0] * w), round(box[1] * h)
+    bw, bh = max(1, round(box[2] * w) - x0), max(1, round(box[3] * h) - y0)
+    up = Image.fromarray((m * 255).astype(np.uint8)).resize((bw, bh), Image.Resampling.BICUBIC)
+    heat = base.copy()
+    heat.paste(Image.fromarray(_heat_rgb(np.asarray(up, dtype=np.float32) / 255.0)), (x0, y0))
+    where = Image.new("L", base.size, 0)
+    where.paste(round(alpha * 255), (x0, y0, x0 + bw, y0 + bh))
+    return Image.composite(heat, base, where)
 
 
 def _data_uri(img: Image.Image) -> str:
@@ -53,7 +65,7 @@ def write_explanation(expl: Explanation, image: Image.Image, out_dir: str | Path
     (out / "explanation.json").write_text(json.dumps(expl.to_dict(), indent=1) + "\n", encoding="utf-8")
     uris = []
     for i, w in enumerate(expl.words):
-        ov = overlay(shown, expl.word_maps[i])
+        ov = overlay(shown, expl.word_maps[i], box=expl.image_box)
         safe = "".join(c for c in w["word"] if c.isalnum() or c in "-_")[:40] or "word"
         ov.save(out / "overlays" / f"{i:03d}_{safe}.png")
         uris.append(_data_uri(ov))
@@ -63,7 +75,8 @@ def write_explanation(expl: Explanation, image: Image.Image, out_dir: str | Path
         pieces.append(f'<a href="#" data-i="{i}" onclick="show({i});return false;">{html.escape(w["word"])}</a>')
         cursor = w["end"]
     pieces.append(html.escape(expl.text[cursor:]))
-    agg = f"{expl.aggregate}, layer {expl.layer}" + (f", head {expl.head}" if expl.head is not None else "")
+    agg = expl.method + (f", layer {expl.layer}" if expl.method in ("layer", "layer-head") else "") + (
+        f", head {expl.head}" if expl.method == "layer-head" else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llavarad attention</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} a{{color:#036;text-decoration:none;
 border-bottom:1px dotted}} a.on{{background:#fd6}} img{{width:{size}px;border:1px solid #999}} .r{{line-height:1.8}}</style>

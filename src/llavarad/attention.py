@@ -3,13 +3,24 @@
 While generating greedily, the attention from each generated token (the query at the step that
 predicted it) to the image tokens is captured per layer and head. Only the image columns are kept
 at each step, and the prompt is pre-filled without attention outputs, so nothing of size
-``sequence x sequence`` is ever materialised and a 7B model fits in memory. This path alone uses
-eager attention (SDPA cannot return weights); the model's own setting is restored afterwards.
+``sequence x sequence`` is ever kept and a 7B model fits in memory. This path alone uses eager
+attention (SDPA cannot return weights); the model's own setting is restored afterwards.
 
-Aggregation follows the paper: the mean over the heads of one layer (default: the layer at the
-same relative depth as layer 20 of 32, which the paper found most coherent), or the maximum over
-layers of the head means, or any single layer/head. A word made of several tokens gets the mean of
-its tokens' maps.
+Methods (``method=``), each a ``(n_tokens, n_image_tokens)`` map per generated token:
+
+- ``layer``: mean over the heads of one layer (default layer: the relative depth of layer 20 of
+  32, which the paper found most coherent); ``layer-head``: one head of that layer;
+- ``mean-layers`` / ``max-layers``: mean / maximum over layers of the head means;
+- ``rollout``: attention rollout (Abnar & Zuidema 2020): per layer ``0.5 A + 0.5 I`` (head mean),
+  multiplied through the layers; the generated token's row, image columns;
+- ``grad-attention``: ``A * ReLU(dy/dA)`` (Chefer et al. 2021), y the logit of the generated
+  token, mean over heads and layers, image columns.
+
+``rollout`` and ``grad-attention`` need one extra teacher-forced forward over the prompt and the
+generated tokens (forward hooks on the LM's attention modules; ``grad-attention`` adds one
+backward per generated token). Rollout keeps only ``sequence x image tokens`` per step of its
+recursion; ``grad-attention`` keeps the graph of that forward (a training step's memory).
+A word made of several tokens gets the mean of its tokens' maps.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from llavarad.model.processor import pixel_values_for, tokenize_prompt
+from llavarad.model.processor import center_crop_offset, pixel_values_for, tokenize_prompt
 from llavarad.prompts.model import build_prompt
 
 if TYPE_CHECKING:
@@ -32,17 +43,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Aggregate",
+    "DEFAULT_METHOD",
+    "METHODS",
     "Explanation",
+    "Method",
     "default_layer",
     "downsample_mask",
     "explain",
     "group_words",
+    "image_box",
     "mass_inside",
     "pointing_hit",
 ]
 
-Aggregate = Literal["layer-mean", "max-over-layers", "layer-head"]
+Method = Literal["layer", "layer-head", "mean-layers", "max-layers", "rollout", "grad-attention"]
+METHODS: tuple[str, ...] = ("layer", "layer-head", "mean-layers", "max-layers", "rollout", "grad-attention")
+#: Chosen by measurement (benchmarks/grounding.py; docs/attention.md, "Which method").
+DEFAULT_METHOD: str = "layer"
+_ALIASES = {"layer-mean": "layer", "max-over-layers": "max-layers"}  # the names before methods were added
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[-'][A-Za-z0-9]+)*")
 
 
@@ -55,21 +73,27 @@ def default_layer(num_layers: int) -> int:
 class Explanation:
     """Generated text, its words and their maps.
 
+    ``words``: ``{"word", "start", "end", "tokens"}`` with ``text[start:end] == word``;
+    ``token_maps``: ``(n_tokens, n_image_tokens)`` under ``method``;
     ``token_layer_maps``: ``(n_tokens, n_layers, n_image_tokens)`` head-mean attention per layer;
     ``token_head_maps``: ``(n_tokens, n_heads, n_image_tokens)`` for ``layer`` (every head);
-    ``word_maps``: ``(n_words, grid, grid)`` under the chosen aggregation.
+    ``word_maps``: ``(n_words, grid, grid)``, row-major: ``[r, c]`` is the processed image's cell
+    (r, c); ``image_box``: the part of the original image that grid covers, as fractions
+    ``(left, top, right, bottom)`` of its width and height (the centre crop; beyond 0..1 when padded).
     """
 
     text: str
     token_ids: list[int]
     words: list[dict[str, Any]]
     word_maps: np.ndarray
+    token_maps: np.ndarray
     token_layer_maps: np.ndarray
     token_head_maps: np.ndarray
     grid: int
     layer: int
     head: int | None
-    aggregate: str
+    method: str
+    image_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def map_for(self, word: str) -> np.ndarray | None:
@@ -79,7 +103,7 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "grid": self.grid, "layer": self.layer, "head": self.head,
-                "aggregate": self.aggregate, "settings": self.settings,
+                "method": self.method, "image_box": list(self.image_box), "settings": self.settings,
                 "words": [{**w, "map": self.word_maps[i].round(6).tolist()} for i, w in enumerate(self.words)]}
 
 
@@ -87,7 +111,9 @@ def group_words(tokenizer, token_ids: list[int]) -> tuple[str, list[dict[str, An
     """Split decoded text into words and map each word to the generated tokens that spell it.
 
     Token character spans come from decoding growing prefixes, which works for byte-level BPE
-    and sentencepiece alike; a word is a run of letters/digits (with inner ``-`` or ``'``).
+    and sentencepiece alike; a word is a run of letters/digits (with inner ``-`` or ``'``). The
+    returned text is stripped (a first token usually decodes with its leading space) and every
+    span is relative to it, so ``text[w["start"]:w["end"]] == w["word"]``.
     """
     spans: list[tuple[int, int]] = []
     prev = ""
@@ -95,102 +121,222 @@ def group_words(tokenizer, token_ids: list[int]) -> tuple[str, list[dict[str, An
         text_k = tokenizer.decode(token_ids[: k + 1], skip_special_tokens=True)
         spans.append((len(prev), len(text_k)))
         prev = text_k
-    text = prev
+    lead = len(prev) - len(prev.lstrip())
+    text = prev.strip()
     words = []
     for m in _WORD.finditer(text):
-        toks = [k for k, (a, b) in enumerate(spans) if a < m.end() and b > m.start()]
+        a, b = m.start() + lead, m.end() + lead  # the word's span in the unstripped decoding
+        toks = [k for k, (s, e) in enumerate(spans) if s < b and e > a]
         if toks:
             words.append({"word": m.group(0), "start": m.start(), "end": m.end(), "tokens": toks})
     return text, words
 
 
-def _aggregate(token_layer: np.ndarray, token_head: np.ndarray, aggregate: str, layer: int) -> np.ndarray:
-    if aggregate == "layer-mean":
-        return token_layer[:, layer]
-    if aggregate == "max-over-layers":
-        return token_layer.max(axis=1)
-    if aggregate == "layer-head":
-        return token_head
-    raise ValueError(f"aggregate {aggregate!r} must be one of layer-mean, max-over-layers, layer-head")
+def image_box(size: tuple[int, int], image_processor, aspect: str = "crop") -> tuple[float, float, float, float]:
+    """The part of a ``(width, height)`` image that the model's square input shows, as fractions.
+
+    ``crop``: the shortest side is resized to the input size (the long side to ``int(size * long /
+    short)``, as torchvision and transformers do) and the centre is cropped with
+    :func:`llavarad.model.processor.center_crop_offset`; ``pad``: the image sits centred on a
+    square of side ``max(w, h)``; a processor without centre crop squashes the whole image.
+    """
+    w, h = size
+    if aspect == "pad":
+        side = max(w, h)
+        x0, y0 = -((side - w) // 2), -((side - h) // 2)
+        return (x0 / w, y0 / h, (x0 + side) / w, (y0 + side) / h)
+    if aspect != "crop":
+        raise ValueError(f"image aspect handling {aspect!r} must be 'crop' or 'pad'")
+    if not getattr(image_processor, "do_center_crop", False):
+        return (0.0, 0.0, 1.0, 1.0)
+    crop_h, crop_w = int(image_processor.crop_size["height"]), int(image_processor.crop_size["width"])
+    short = int(image_processor.size["shortest_edge"])
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    top, left = center_crop_offset(new_h, crop_h), center_crop_offset(new_w, crop_w)
+    return (left / new_w, top / new_h, (left + crop_w) / new_w, (top + crop_h) / new_h)
 
 
-def explain(bundle: ModelBundle, image: Image.Image, indication: str | None = None, *, max_new_tokens: int = 128,
-            layer: int | None = None, head: int | None = None, aggregate: Aggregate = "layer-mean") -> Explanation:
-    """Generate greedily for one image and return word-level attention maps over the image grid."""
-    import torch
-
-    model = bundle.model
-    n_layers = model.config.text_config.num_hidden_layers
-    n_heads = model.config.text_config.num_attention_heads
+def _resolve(bundle: ModelBundle, method: str, layer: int | None, head: int | None) -> tuple[str, int]:
+    text_cfg = bundle.model.config.text_config
+    n_layers, n_heads = text_cfg.num_hidden_layers, text_cfg.num_attention_heads
+    method = _ALIASES.get(method, method)
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} must be one of {', '.join(METHODS)}")
     layer = default_layer(n_layers) if layer is None else layer
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} is outside 0..{n_layers - 1}")
     if head is not None and not 0 <= head < n_heads:
         raise ValueError(f"head {head} is outside 0..{n_heads - 1}")
-    if aggregate == "layer-head" and head is None:
-        raise ValueError("aggregate 'layer-head' needs --head")
-    fmt = bundle.prompt_format
-    ids = tokenize_prompt(bundle.tokenizer, build_prompt(fmt, indication=indication).prompt, bundle.num_image_tokens,
-                          bundle.image_token_id)
+    if method == "layer-head" and head is None:
+        raise ValueError("method 'layer-head' needs --head")
+    return method, layer
+
+
+def _generate_capturing(model, input_ids, pixel_values, image_cols, layer: int, max_new_tokens: int, eos):
+    """Greedy decoding that keeps, per step, the image columns of each layer's attention row."""
+    import torch
+
+    layer_maps: list[np.ndarray] = []
+    head_maps: list[np.ndarray] = []
+    generated: list[int] = []
+    device = input_ids.device
+    with torch.inference_mode():
+        # Pre-fill all but the last prompt token without attention outputs (no L x L weights kept).
+        out = model(input_ids=input_ids[:, :-1], pixel_values=pixel_values, use_cache=True)
+        cache, cur = out.cache, input_ids[:, -1:]
+        for _ in range(max_new_tokens):
+            out = model(input_ids=cur, cache=cache, use_cache=True, output_attentions=True)
+            cache = out.cache
+            nxt = int(out.logits[0, -1].argmax())
+            if nxt == eos:
+                break
+            # each layer: (1, heads, 1, kv_len) -> keep image columns only -> (heads, n_image)
+            per_layer = torch.stack([a[0, :, -1, image_cols.to(a.device)].float() for a in out.attentions])
+            layer_maps.append(per_layer.mean(dim=1).cpu().numpy())
+            head_maps.append(per_layer[layer].cpu().numpy())
+            generated.append(nxt)
+            cur = torch.tensor([[nxt]], device=device)
+    return generated, layer_maps, head_maps
+
+
+def _attention_modules(model) -> list[Any]:
+    return [blk.self_attn for blk in model.model.language_model.layers]
+
+
+def _rollout(model, full_ids, pixel_values, image_cols, queries) -> np.ndarray:
+    """Rollout rows of ``queries`` over the image columns, from one forward over ``full_ids``.
+
+    The recursion ``R <- (0.5 A_l + 0.5 I) R`` runs bottom-up inside forward hooks on the image
+    columns of ``R`` only (``sequence x image tokens``), starting from the identity's image columns.
+    """
+    import torch
+
+    seq = full_ids.shape[1]
+    state = {"R": torch.eye(seq, dtype=torch.float32, device=full_ids.device)[:, image_cols]}
+
+    def hook(_module, _args, output):
+        a = output[1][0].float().mean(dim=0)  # (seq, seq) head mean
+        state["R"] = 0.5 * (a @ state["R"]) + 0.5 * state["R"]
+
+    handles = [m.register_forward_hook(hook) for m in _attention_modules(model)]
+    try:
+        with torch.inference_mode():
+            model(input_ids=full_ids, pixel_values=pixel_values, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return state["R"][queries].cpu().numpy()
+
+
+def _grad_attention(model, full_ids, pixel_values, image_cols, queries, targets) -> np.ndarray:
+    """``mean over layers and heads of A * ReLU(dy/dA)`` at each query row, image columns; y = the
+    logit of the token that query predicted."""
+    import torch
+
+    weights: list[torch.Tensor] = []
+
+    def keep(_module, _args, output):
+        weights.append(output[1])
+
+    def needs_grad(_module, _args, output):  # a frozen model: let gradients reach the attention
+        return output if output.requires_grad else output.detach().requires_grad_(True)
+
+    handles = [m.register_forward_hook(keep) for m in _attention_modules(model)]
+    handles.append(model.get_input_embeddings().register_forward_hook(needs_grad))
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=full_ids, pixel_values=pixel_values, use_cache=False).logits[0]
+            rows = []
+            for q, t in zip(queries, targets):
+                grads = torch.autograd.grad(logits[q, t], weights, retain_graph=True)
+                per_layer = [(a[0, :, q, image_cols] * g[0, :, q, image_cols].clamp(min=0)).float().mean(0)
+                             for a, g in zip(weights, grads)]
+                rows.append(torch.stack(per_layer).mean(0).detach().cpu().numpy())
+    finally:
+        for h in handles:
+            h.remove()
+    return np.stack(rows) if rows else np.zeros((0, len(image_cols)), np.float32)
+
+
+def _token_maps(method: str, layer: int, head: int | None, token_layer: np.ndarray, token_head: np.ndarray,
+                full_pass) -> np.ndarray:
+    if method == "layer":
+        return token_layer[:, layer]
+    if method == "layer-head":
+        return token_head[:, head]
+    if method == "mean-layers":
+        return token_layer.mean(axis=1)
+    if method == "max-layers":
+        return token_layer.max(axis=1)
+    return full_pass(method)
+
+
+def explain(bundle: ModelBundle, image: Image.Image, indication: str | None = None, *, max_new_tokens: int = 128,
+            layer: int | None = None, head: int | None = None, method: Method | str = DEFAULT_METHOD) -> Explanation:
+    """Generate greedily for one image and return word-level attention maps over the image grid (``method``:
+    one of :data:`METHODS`, default :data:`DEFAULT_METHOD`)."""
+    import torch
+
+    model = bundle.model
+    method, layer = _resolve(bundle, method, layer, head)
+    ids = tokenize_prompt(bundle.tokenizer, build_prompt(bundle.prompt_format, indication=indication).prompt,
+                          bundle.num_image_tokens, bundle.image_token_id)
     image_cols = torch.tensor([i for i, t in enumerate(ids) if t == bundle.image_token_id])
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     pixel_values = pixel_values_for([image], bundle.image_processor, bundle.image_aspect_ratio).to(device, dtype)
     input_ids = torch.tensor([ids], device=device)
-    eos = bundle.tokenizer.eos_token_id
 
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
-    layer_maps: list[np.ndarray] = []
-    head_maps: list[np.ndarray] = []
-    generated: list[int] = []
     try:
-        with torch.inference_mode():
-            # Pre-fill all but the last prompt token without attention outputs (no L x L weights kept).
-            out = model(input_ids=input_ids[:, :-1], pixel_values=pixel_values, use_cache=True)
-            cache, cur = out.cache, input_ids[:, -1:]
-            for _ in range(max_new_tokens):
-                out = model(input_ids=cur, cache=cache, use_cache=True, output_attentions=True)
-                cache = out.cache
-                # each layer: (1, heads, 1, kv_len) -> keep image columns only -> (heads, n_image)
-                per_layer = torch.stack([a[0, :, -1, image_cols.to(a.device)].float() for a in out.attentions])
-                layer_maps.append(per_layer.mean(dim=1).cpu().numpy())
-                head_maps.append(per_layer[layer].cpu().numpy())
-                nxt = int(out.logits[0, -1].argmax())
-                if nxt == eos:
-                    layer_maps.pop()
-                    head_maps.pop()
-                    break
-                generated.append(nxt)
-                cur = torch.tensor([[nxt]], device=device)
+        generated, layer_maps, head_maps = _generate_capturing(model, input_ids, pixel_values, image_cols, layer,
+                                                               max_new_tokens, bundle.tokenizer.eos_token_id)
+        full_ids = torch.tensor([ids + generated[:-1]], device=device) if generated else input_ids
+        queries = [len(ids) - 1 + k for k in range(len(generated))]
+
+        def full_pass(name: str) -> np.ndarray:
+            if not generated:
+                return np.zeros((0, len(image_cols)), np.float32)
+            if name == "rollout":
+                return _rollout(model, full_ids, pixel_values, image_cols.to(device), queries)
+            return _grad_attention(model, full_ids, pixel_values, image_cols.to(device), queries, generated)
+
+        n_layers = model.config.text_config.num_hidden_layers
+        n_heads = model.config.text_config.num_attention_heads
+        n_img = len(image_cols)
+        token_layer = np.stack(layer_maps) if layer_maps else np.zeros((0, n_layers, n_img), np.float32)
+        token_head = np.stack(head_maps) if head_maps else np.zeros((0, n_heads, n_img), np.float32)
+        per_token = _token_maps(method, layer, head, token_layer, token_head, full_pass)
     finally:
         model.set_attn_implementation(previous)
 
     grid = bundle.preset.grid_size
     text, words = group_words(bundle.tokenizer, generated)
-    token_layer = np.stack(layer_maps) if layer_maps else np.zeros((0, n_layers, grid * grid), np.float32)
-    token_head = np.stack(head_maps) if head_maps else np.zeros((0, n_heads, grid * grid), np.float32)
-    per_token = _aggregate(token_layer, token_head, aggregate, layer)
-    if aggregate == "layer-head":
-        per_token = per_token[:, head]
     word_maps = np.stack([per_token[w["tokens"]].mean(axis=0) for w in words]).reshape(-1, grid, grid) if words \
         else np.zeros((0, grid, grid), np.float32)
-    settings = {"max_new_tokens": max_new_tokens, "prompt_format": fmt, "decoding": "greedy",
+    settings = {"max_new_tokens": max_new_tokens, "prompt_format": bundle.prompt_format, "decoding": "greedy",
                 "word_aggregation": "mean over the word's tokens", "query": "the step that predicted each token"}
-    return Explanation(text.strip(), generated, words, word_maps.astype(np.float32), token_layer.astype(np.float32),
-                       token_head.astype(np.float32), grid, layer, head, aggregate, settings)
+    box = image_box(image.size, bundle.image_processor, bundle.image_aspect_ratio)
+    return Explanation(text, generated, words, word_maps.astype(np.float32), per_token.astype(np.float32),
+                       token_layer.astype(np.float32), token_head.astype(np.float32), grid, layer, head, method,
+                       box, settings)
 
 
-def downsample_mask(mask: np.ndarray, grid: int) -> np.ndarray:
-    """Binary image mask -> ``(grid, grid)`` bool: a cell is inside if any of its pixels is (max-pool)."""
+def downsample_mask(mask: np.ndarray, grid: int, box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+                    ) -> np.ndarray:
+    """Binary image mask -> ``(grid, grid)`` bool over ``box`` (an :class:`Explanation`'s ``image_box``):
+    a cell is inside if any of its pixels is (max-pool); cells outside the image are never inside."""
     mask = np.asarray(mask) > 0
     h, w = mask.shape
-    rows = np.linspace(0, h, grid + 1).astype(int)
-    cols = np.linspace(0, w, grid + 1).astype(int)
+    cols = np.round(np.linspace(box[0] * w, box[2] * w, grid + 1)).astype(int)
+    rows = np.round(np.linspace(box[1] * h, box[3] * h, grid + 1)).astype(int)
     out = np.zeros((grid, grid), dtype=bool)
     for i in range(grid):
+        r0, r1 = max(rows[i], 0), min(max(rows[i + 1], rows[i] + 1), h)
         for j in range(grid):
-            out[i, j] = mask[rows[i]:max(rows[i + 1], rows[i] + 1), cols[j]:max(cols[j + 1], cols[j] + 1)].any()
+            c0, c1 = max(cols[j], 0), min(max(cols[j + 1], cols[j] + 1), w)
+            out[i, j] = r1 > r0 and c1 > c0 and bool(mask[r0:r1, c0:c1].any())
     return out
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from llavarad.attention import DEFAULT_METHOD, METHODS
+
 
 @click.command("explain")
 @click.argument("image", type=click.Path(path_type=Path))
@@ -13,15 +15,16 @@ import click
 @click.option("--indication", default=None, help="Indication for the image.")
 @click.option("--word", "words", multiple=True, help="Only print these words' peak cells (all words are rendered).")
 @click.option("--layer", type=int, default=None, help="0-based LM layer (default: the relative depth of layer 20 of 32).")
-@click.option("--head", type=int, default=None, help="One head of --layer (with --aggregate layer-head).")
-@click.option("--aggregate", type=click.Choice(["layer-mean", "max-over-layers", "layer-head"]), default="layer-mean",
-              show_default=True)
+@click.option("--head", type=int, default=None, help="One head of --layer (with --method layer-head).")
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
+              help="How a token's map is made (docs/attention.md): one layer's head mean (the paper's), one head, "
+                   "mean or max over layers, attention rollout, or gradient-weighted attention.")
 @click.option("--max-new-tokens", default=128, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 def explain_cmd(image: Path, model_dir: Path, indication: str | None, words: tuple[str, ...], layer: int | None,
-                head: int | None, aggregate: str, max_new_tokens: int, device: str, dtype: str, out_dir: Path) -> None:
+                head: int | None, method: str, max_new_tokens: int, device: str, dtype: str, out_dir: Path) -> None:
     """Generate findings and show, for each word, where on the image the model attended.
 
     \b
@@ -40,7 +43,7 @@ def explain_cmd(image: Path, model_dir: Path, indication: str | None, words: tup
         cxr = read_cxr(image)
         bundle = load_model(model_dir, device=device, dtype=dtype)
         expl = explain(bundle, cxr.image, indication, max_new_tokens=max_new_tokens, layer=layer, head=head,
-                       aggregate=aggregate)  # type: ignore[arg-type]
+                       method=method)
     except (ImageReadError, ModelFolderError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     write_explanation(expl, cxr.image, out_dir)
