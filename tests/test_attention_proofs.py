@@ -63,7 +63,8 @@ def test_words_slice_the_text_and_get_their_own_tokens_maps(tiny_bundle, image):
 def test_captured_columns_rollout_and_gradients_equal_a_full_forward(tiny_bundle, image):
     """(a) The per-step capture equals a full forward with output_attentions over the same sequence,
     indexed at the image token positions; rollout and grad-attention equal direct computations."""
-    expl = explain(tiny_bundle, image, "Cough.", max_new_tokens=8)
+    expl = explain(tiny_bundle, image, "Cough.", max_new_tokens=8,
+                   extra_methods=("rollout", "grad-attention", "mean-layers", "max-over-layers"))
     full, pv, cols, queries = _full_sequence(tiny_bundle, image, expl)
     with torch.no_grad():
         att = [a[0].float() for a in _eager_forward(tiny_bundle.model, input_ids=full, pixel_values=pv,
@@ -75,16 +76,23 @@ def test_captured_columns_rollout_and_gradients_equal_a_full_forward(tiny_bundle
     rollout = torch.eye(full.shape[1])
     for a in att:  # R = A~_L ... A~_1 with A~ = (A_mean + I) / 2
         rollout = (0.5 * a.mean(0) + 0.5 * torch.eye(full.shape[1])) @ rollout
-    rolled = explain(tiny_bundle, image, "Cough.", max_new_tokens=8, method="rollout")
-    assert np.allclose(rolled.token_maps, rollout[queries][:, cols].numpy(), atol=1e-5)
-    graded = explain(tiny_bundle, image, "Cough.", max_new_tokens=8, method="grad-attention")
+    assert np.allclose(expl.method_maps["rollout"], rollout[queries][:, cols].numpy(), atol=1e-5)
     k = len(queries) - 1
     out = _eager_forward(tiny_bundle.model, input_ids=full, pixel_values=pv, output_attentions=True)
     grads = torch.autograd.grad(out.logits[0, queries[k], expl.token_ids[k]], out.attentions)
     want = torch.stack([(a[0, :, queries[k], cols] * g[0, :, queries[k], cols].clamp(min=0)).mean(0)
                         for a, g in zip(out.attentions, grads)]).mean(0)
-    assert np.allclose(graded.token_maps[k], want.detach().numpy(), atol=1e-6)
-    assert graded.token_ids == expl.token_ids == rolled.token_ids
+    assert np.allclose(expl.method_maps["grad-attention"][k], want.detach().numpy(), atol=1e-6)
+    assert np.allclose(expl.method_maps["mean-layers"], expl.token_layer_maps.mean(1))
+    assert np.allclose(expl.method_maps["max-layers"], expl.token_layer_maps.max(1))
+    for name, maps in expl.method_maps.items():
+        assert np.allclose(expl.word_maps_for(name).reshape(len(expl.words), -1),
+                           np.stack([maps[w["tokens"]].mean(0) for w in expl.words]))
+    assert np.array_equal(expl.word_maps_for("layer"), expl.word_maps)
+    with pytest.raises(KeyError, match="'layer-head' was not computed"):
+        expl.word_maps_for("layer-head")
+    alone = explain(tiny_bundle, image, "Cough.", max_new_tokens=8, method="rollout")
+    assert alone.token_ids == expl.token_ids and np.allclose(alone.word_maps, expl.word_maps_for("rollout"))
 
 
 def test_patch_embeddings_are_row_major(tiny_bundle):

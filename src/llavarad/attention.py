@@ -95,6 +95,14 @@ class Explanation:
     method: str
     image_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     settings: dict[str, Any] = field(default_factory=dict)
+    method_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def word_maps_for(self, method: str) -> np.ndarray:
+        """``(n_words, grid, grid)`` under ``method`` (``self.method`` or one of ``explain``'s ``extra_methods``)."""
+        method = _ALIASES.get(method, method)
+        if method not in self.method_maps:
+            raise KeyError(f"method {method!r} was not computed; pass it to explain(..., extra_methods=...)")
+        return _word_maps(self.method_maps[method], self.words, self.grid)
 
     def map_for(self, word: str) -> np.ndarray | None:
         """Mean map of every occurrence of ``word`` (case-insensitive), or None if absent."""
@@ -271,14 +279,26 @@ def _token_maps(method: str, layer: int, head: int | None, token_layer: np.ndarr
     return full_pass(method)
 
 
+def _word_maps(per_token: np.ndarray, words: list[dict[str, Any]], grid: int) -> np.ndarray:
+    if not words:
+        return np.zeros((0, grid, grid), np.float32)
+    return np.stack([per_token[w["tokens"]].mean(axis=0) for w in words]).reshape(-1, grid, grid).astype(np.float32)
+
+
 def explain(bundle: ModelBundle, image: Image.Image, indication: str | None = None, *, max_new_tokens: int = 128,
-            layer: int | None = None, head: int | None = None, method: Method | str = DEFAULT_METHOD) -> Explanation:
-    """Generate greedily for one image and return word-level attention maps over the image grid (``method``:
-    one of :data:`METHODS`, default :data:`DEFAULT_METHOD`)."""
+            layer: int | None = None, head: int | None = None, method: Method | str = DEFAULT_METHOD,
+            extra_methods: tuple[str, ...] = ()) -> Explanation:
+    """Generate greedily for one image and return word-level attention maps over the image grid.
+
+    ``method``: one of :data:`METHODS` (default :data:`DEFAULT_METHOD`) for ``word_maps``;
+    ``extra_methods``: more methods computed from the same generation, read with
+    :meth:`Explanation.word_maps_for`.
+    """
     import torch
 
     model = bundle.model
     method, layer = _resolve(bundle, method, layer, head)
+    names = [method] + [m for m in (_resolve(bundle, e, layer, head)[0] for e in extra_methods) if m != method]
     ids = tokenize_prompt(bundle.tokenizer, build_prompt(bundle.prompt_format, indication=indication).prompt,
                           bundle.num_image_tokens, bundle.image_token_id)
     image_cols = torch.tensor([i for i, t in enumerate(ids) if t == bundle.image_token_id])
@@ -307,20 +327,19 @@ def explain(bundle: ModelBundle, image: Image.Image, indication: str | None = No
         n_img = len(image_cols)
         token_layer = np.stack(layer_maps) if layer_maps else np.zeros((0, n_layers, n_img), np.float32)
         token_head = np.stack(head_maps) if head_maps else np.zeros((0, n_heads, n_img), np.float32)
-        per_token = _token_maps(method, layer, head, token_layer, token_head, full_pass)
+        maps = {name: _token_maps(name, layer, head, token_layer, token_head, full_pass).astype(np.float32)
+                for name in dict.fromkeys(names)}
     finally:
         model.set_attn_implementation(previous)
 
     grid = bundle.preset.grid_size
     text, words = group_words(bundle.tokenizer, generated)
-    word_maps = np.stack([per_token[w["tokens"]].mean(axis=0) for w in words]).reshape(-1, grid, grid) if words \
-        else np.zeros((0, grid, grid), np.float32)
     settings = {"max_new_tokens": max_new_tokens, "prompt_format": bundle.prompt_format, "decoding": "greedy",
                 "word_aggregation": "mean over the word's tokens", "query": "the step that predicted each token"}
     box = image_box(image.size, bundle.image_processor, bundle.image_aspect_ratio)
-    return Explanation(text, generated, words, word_maps.astype(np.float32), per_token.astype(np.float32),
+    return Explanation(text, generated, words, _word_maps(maps[method], words, grid), maps[method],
                        token_layer.astype(np.float32), token_head.astype(np.float32), grid, layer, head, method,
-                       box, settings)
+                       box, settings, maps)
 
 
 def downsample_mask(mask: np.ndarray, grid: int, box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
