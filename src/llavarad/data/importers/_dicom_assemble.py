@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,6 +35,8 @@ EXCLUDING: tuple[str, ...] = (
     "body_part_unknown", "duplicate_sop", "duplicate_report", "report_unusable", "report_without_study")
 _IMAGE_COLUMNS = ("path", "sop", "study", "patient", "accession", "series", "view", "frontal", "view_source",
                   "body_part", "laterality", "modality")
+#: rows per executemany: a bounded buffer (a few hundred kB), not the archive
+_INSERT_BATCH = 500
 AddProblem = Callable[[dict[str, Any], int, str], None]
 
 
@@ -130,7 +133,7 @@ def _images_into(db: sqlite3.Connection, state: Path, cfg: DicomImportConfig, ad
         batch.append((path, h["SOPInstanceUID"], h["StudyInstanceUID"], h.get("PatientID"), h.get("AccessionNumber"),
                       h.get("SeriesInstanceUID"), c.view, c.frontal, c.view_source, c.body_part,
                       h.get("ImageLaterality") or h.get("Laterality"), h.get("Modality")))
-        if len(batch) >= 5000:
+        if len(batch) >= _INSERT_BATCH:
             db.executemany(insert, batch)
             batch.clear()
     db.executemany(insert, batch)
@@ -150,13 +153,13 @@ def _drop_duplicates(db: sqlite3.Connection, cfg: DicomImportConfig, add: AddPro
             db.execute("DELETE FROM images WHERE path = ?", (path,))
 
 
-def _image_path(root: Path, rel: str, manifest_dir: Path) -> str:
-    """Relative to the manifest's folder when the image lies under it, absolute otherwise."""
-    full = root / rel
-    try:
-        return full.relative_to(manifest_dir).as_posix()
-    except ValueError:
-        return str(full)
+def _image_path(root: str, rel: str, manifest_dir: str) -> str:
+    """Relative to the manifest's folder when the image lies under it, absolute otherwise (string
+    operations: pathlib would intern every UID-named path part of a million-file archive)."""
+    full = os.path.join(root, rel)
+    if full.startswith(manifest_dir + os.sep):
+        return full[len(manifest_dir) + 1:].replace(os.sep, "/")
+    return full
 
 
 def _study_report(db: sqlite3.Connection, study: str, rows: list[tuple], cfg: DicomImportConfig,
@@ -183,7 +186,7 @@ def _study_report(db: sqlite3.Connection, study: str, rows: list[tuple], cfg: Di
 
 def _records(db: sqlite3.Connection, root: Path, manifest: Path, cfg: DicomImportConfig, summary: ImportSummary,
              add: AddProblem, total: int, progress: Any) -> Iterator[ManifestRecord]:
-    manifest_dir = manifest.resolve().parent
+    manifest_dir, root_dir = str(manifest.resolve().parent), str(root)
     cursor = db.cursor().execute(f"SELECT {', '.join(_IMAGE_COLUMNS)} FROM images ORDER BY study, path")
     splits: Counter = Counter()
     done = 0
@@ -207,7 +210,7 @@ def _records(db: sqlite3.Connection, root: Path, manifest: Path, cfg: DicomImpor
                      "report_source": src, "comparison": sections.comparison if sections else None,
                      "technique": sections.technique if sections else None}
             yield ManifestRecord(
-                id=f"{cfg.dataset}/{sop}", image=_image_path(root, path, manifest_dir), dataset=cfg.dataset,
+                id=f"{cfg.dataset}/{sop}", image=_image_path(root_dir, path, manifest_dir), dataset=cfg.dataset,
                 split=split, patient_id=patient, study_id=study, view=view,
                 indication=(sections.indication if sections else None) or indication_col,
                 findings=findings, impression=sections.impression if sections else None,

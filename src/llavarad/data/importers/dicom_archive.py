@@ -200,7 +200,7 @@ def _load_state(db: sqlite3.Connection, state: Path, root: Path) -> bool:
                                          f"{str(root)!r}; pass --restart (or another --out) to start over")
             continue
         batch.append((obj["path"],))
-        if len(batch) >= 10_000:
+        if len(batch) >= 1000:  # a bounded buffer, not the archive
             db.executemany("INSERT OR IGNORE INTO done (path) VALUES (?)", batch)
             batch.clear()
     db.executemany("INSERT OR IGNORE INTO done (path) VALUES (?)", batch)
