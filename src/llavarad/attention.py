@@ -61,6 +61,7 @@ METHODS: tuple[str, ...] = ("layer", "layer-head", "mean-layers", "max-layers", 
 #: Chosen by measurement (benchmarks/grounding.py; docs/attention.md, "Which method").
 DEFAULT_METHOD: str = "layer"
 _ALIASES = {"layer-mean": "layer", "max-over-layers": "max-layers"}  # the names before methods were added
+_GRAD_BYTES = 1 << 28  # gradients of the attention held at once by grad-attention (then chunked)
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[-'][A-Za-z0-9]+)*")
 
 
@@ -254,16 +255,23 @@ def _grad_attention(model, full_ids, pixel_values, image_cols, queries, targets)
     try:
         with torch.enable_grad():
             logits = model(input_ids=full_ids, pixel_values=pixel_values, use_cache=False).logits[0]
+            seq, heads = full_ids.shape[1], weights[0].shape[1]
+            chunk = max(1, _GRAD_BYTES // (4 * heads * seq * seq * len(weights)))
+            cols = image_cols.to(logits.device)
             rows = []
-            for q, t in zip(queries, targets):
-                grads = torch.autograd.grad(logits[q, t], weights, retain_graph=True)
-                per_layer = [(a[0, :, q, image_cols] * g[0, :, q, image_cols].clamp(min=0)).float().mean(0)
-                             for a, g in zip(weights, grads)]
+            for start in range(0, len(queries), chunk):  # one backward per token, batched (vmap) by chunks
+                q = torch.tensor(queries[start:start + chunk], device=logits.device)
+                y = logits[q, torch.tensor(targets[start:start + chunk], device=logits.device)]
+                grads = torch.autograd.grad(y, weights, torch.eye(len(q), dtype=y.dtype, device=y.device),
+                                            retain_graph=True, is_grads_batched=True)
+                k = torch.arange(len(q), device=logits.device)
+                per_layer = [(a[0][:, q][:, :, cols].transpose(0, 1) * g[:, 0][k, :, q][:, :, cols].clamp(min=0))
+                             .float().mean(1) for a, g in zip(weights, grads)]
                 rows.append(torch.stack(per_layer).mean(0).detach().cpu().numpy())
+            return np.concatenate(rows) if rows else np.zeros((0, len(image_cols)), np.float32)
     finally:
         for h in handles:
             h.remove()
-    return np.stack(rows) if rows else np.zeros((0, len(image_cols)), np.float32)
 
 
 def _token_maps(method: str, layer: int, head: int | None, token_layer: np.ndarray, token_head: np.ndarray,
