@@ -188,7 +188,7 @@ class DraftService:
             cursor = start + len(w["word"])
             grid = expl.word_maps[i]
             out.append({"text": w["word"], "start": start, "end": cursor, "grid": grid.round(5).tolist(),
-                        "overlay": png_data_uri(overlay(shown, grid))})
+                        "overlay": png_data_uri(overlay(shown, grid, box=expl.image_box))})
         return out
 
 
