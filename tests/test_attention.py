@@ -84,10 +84,12 @@ def test_grounding_metrics_on_hand_built_maps():
 def test_cli_writes_self_contained_page(tmp_path, tiny_model_dir, shared_data):
     out = tmp_path / "ex"
     img = shared_data / "images" / "00000001_000.png"
-    assert main(["explain", str(img), "--model", str(tiny_model_dir), "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert main(["explain", str(img), "--model", str(tiny_model_dir), "--max-new-tokens", "8", "--method", "rollout",
+                 "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
     assert "data:image/png;base64," in page and "<script src" not in page and "http" not in page.replace(
         "http-equiv", "")
     data = json.loads((out / "explanation.json").read_text())
     assert len(data["words"]) == len(list((out / "overlays").glob("*.png")))
+    assert data["method"] == "rollout" and all(data["text"][w["start"]:w["end"]] == w["word"] for w in data["words"])
     assert main(["explain", str(tmp_path / "none.png"), "--model", str(tiny_model_dir), "--out", str(out)]) == 1
