@@ -30,7 +30,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llavarad.attention import METHODS, downsample_mask, explain, mass_inside, pointing_hit
+from llavarad.attention import (
+    METHODS,
+    downsample_mask,
+    explain,
+    mass_inside,
+    pointing_hit,
+)
 from llavarad.model.build import load_model
 
 _GENERIC = {"the", "there", "is", "a", "an", "in", "of", "with", "and", "lung", "lungs", "zone", "sided", "side"}

@@ -213,3 +213,23 @@ def test_a_model_forced_onto_one_patch_gives_a_map_peaked_there(tiny_bundle, ima
     # the control: the unforced model's map is not peaked there
     plain = explain(tiny_bundle, image, "Cough.", max_new_tokens=6, layer=0)
     assert plain.token_maps[:, r * grid + c].max() < 0.5
+
+
+def test_tower_methods_carry_the_map_back_through_the_tower_rollout(tiny_bundle, image):
+    """``+tower``: the image-token map times the tower's rollout up to vision_feature_layer, computed
+    here directly from the tower's own attention outputs."""
+    expl = explain(tiny_bundle, image, "Cough.", max_new_tokens=6, extra_methods=("layer+tower", "rollout+tower", "rollout"))
+    tower = tiny_bundle.model.model.vision_tower
+    pv = pixel_values_for([image], tiny_bundle.image_processor, tiny_bundle.image_aspect_ratio)
+    with torch.no_grad():
+        att = _eager_forward(tower, pixel_values=pv, output_attentions=True).attentions
+    used = len(att) + 1 + tiny_bundle.model.config.vision_feature_layer
+    assert 0 < used < len(att)
+    rollout = torch.eye(att[0].shape[-1])
+    for a in att[:used]:
+        rollout = (0.5 * a[0].mean(0) + 0.5 * torch.eye(a.shape[-1])) @ rollout
+    patches = rollout[1:, 1:].numpy()
+    for name in ("layer", "rollout"):
+        assert np.allclose(expl.method_maps[f"{name}+tower"], expl.method_maps[name] @ patches, atol=1e-6)
+    assert np.allclose(expl.word_maps_for("layer+tower").reshape(len(expl.words), -1),
+                       np.stack([expl.method_maps["layer+tower"][w["tokens"]].mean(0) for w in expl.words]))

@@ -14,7 +14,11 @@ Methods (``method=``), each a ``(n_tokens, n_image_tokens)`` map per generated t
 - ``rollout``: attention rollout (Abnar & Zuidema 2020): per layer ``0.5 A + 0.5 I`` (head mean),
   multiplied through the layers; the generated token's row, image columns;
 - ``grad-attention``: ``A * ReLU(dy/dA)`` (Chefer et al. 2021), y the logit of the generated
-  token, mean over heads and layers, image columns.
+  token, mean over heads and layers, image columns;
+- ``<method>+tower``: any of the above carried from the image tokens back to the image patches
+  through the image tower: times the tower's attention rollout (``0.5 A + 0.5 I`` per layer, head
+  mean) up to the layer whose output the projector reads, CLS column dropped. The tower mixes
+  patches, so an image token need not carry only its own patch.
 
 ``rollout`` and ``grad-attention`` need one extra teacher-forced forward over the prompt and the
 generated tokens (forward hooks on the LM's attention modules; ``grad-attention`` adds one
@@ -28,11 +32,15 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llavarad.model.processor import center_crop_offset, pixel_values_for, tokenize_prompt
+from llavarad.model.processor import (
+    center_crop_offset,
+    pixel_values_for,
+    tokenize_prompt,
+)
 from llavarad.prompts.model import build_prompt
 
 if TYPE_CHECKING:
@@ -56,8 +64,11 @@ __all__ = [
     "pointing_hit",
 ]
 
-Method = Literal["layer", "layer-head", "mean-layers", "max-layers", "rollout", "grad-attention"]
-METHODS: tuple[str, ...] = ("layer", "layer-head", "mean-layers", "max-layers", "rollout", "grad-attention")
+_LM_METHODS = ("layer", "layer-head", "mean-layers", "max-layers", "rollout", "grad-attention")
+#: Every LM method, and each carried back through the image tower ("+tower": the image-token map times
+#: the tower's attention rollout from its feature layer to the patches).
+METHODS: tuple[str, ...] = _LM_METHODS + tuple(f"{m}+tower" for m in _LM_METHODS)
+Method = str
 #: Chosen by measurement (benchmarks/grounding.py; docs/attention.md, "Which method").
 DEFAULT_METHOD: str = "layer"
 _ALIASES = {"layer-mean": "layer", "max-over-layers": "max-layers"}  # the names before methods were added
@@ -176,7 +187,7 @@ def _resolve(bundle: ModelBundle, method: str, layer: int | None, head: int | No
         raise ValueError(f"layer {layer} is outside 0..{n_layers - 1}")
     if head is not None and not 0 <= head < n_heads:
         raise ValueError(f"head {head} is outside 0..{n_heads - 1}")
-    if method == "layer-head" and head is None:
+    if method.removesuffix("+tower") == "layer-head" and head is None:
         raise ValueError("method 'layer-head' needs --head")
     return method, layer
 
@@ -274,8 +285,44 @@ def _grad_attention(model, full_ids, pixel_values, image_cols, queries, targets)
             h.remove()
 
 
+def _tower_rollout(model, pixel_values) -> np.ndarray:
+    """``(n_image_tokens, n_patches)``: how much of each image token comes from each patch, by attention
+    rollout through the tower's layers up to ``vision_feature_layer`` (CLS row and column dropped)."""
+    import torch
+
+    layers = model.model.vision_tower.encoder.layer
+    feature_layer = model.config.vision_feature_layer
+    if not isinstance(feature_layer, int):
+        raise ValueError(f"+tower methods need one vision_feature_layer, not {feature_layer!r}")  # noqa: TRY004
+    used = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
+    state: dict[str, Any] = {"R": None}
+
+    def hook(_module, _args, output):
+        a = output[1][0].float().mean(dim=0)
+        eye = torch.eye(a.shape[0], device=a.device)
+        state["R"] = (0.5 * a + 0.5 * eye) @ (eye if state["R"] is None else state["R"])
+
+    handles = [blk.attention.register_forward_hook(hook) for blk in layers[:used]]
+    try:
+        with torch.inference_mode():
+            model.model.vision_tower(pixel_values)
+    finally:
+        for h in handles:
+            h.remove()
+    n = int(model.config.image_seq_length)
+    if state["R"] is None:  # the projector reads the patch embeddings themselves
+        return np.eye(n, dtype=np.float32)
+    out = state["R"][1:, 1:].cpu().numpy()
+    if out.shape[0] != n:
+        raise ValueError(f"the tower rollout has {out.shape[0]} patch tokens, the model {n} image tokens")
+    return out
+
+
 def _token_maps(method: str, layer: int, head: int | None, token_layer: np.ndarray, token_head: np.ndarray,
                 full_pass) -> np.ndarray:
+    if method.endswith("+tower"):
+        return _token_maps(method.removesuffix("+tower"), layer, head, token_layer, token_head, full_pass) @ \
+            full_pass("tower")
     if method == "layer":
         return token_layer[:, layer]
     if method == "layer-head":
@@ -294,7 +341,7 @@ def _word_maps(per_token: np.ndarray, words: list[dict[str, Any]], grid: int) ->
 
 
 def explain(bundle: ModelBundle, image: Image.Image, indication: str | None = None, *, max_new_tokens: int = 128,
-            layer: int | None = None, head: int | None = None, method: Method | str = DEFAULT_METHOD,
+            layer: int | None = None, head: int | None = None, method: str = DEFAULT_METHOD,
             extra_methods: tuple[str, ...] = ()) -> Explanation:
     """Generate greedily for one image and return word-level attention maps over the image grid.
 
@@ -323,7 +370,11 @@ def explain(bundle: ModelBundle, image: Image.Image, indication: str | None = No
         full_ids = torch.tensor([ids + generated[:-1]], device=device) if generated else input_ids
         queries = [len(ids) - 1 + k for k in range(len(generated))]
 
+        tower: dict[str, np.ndarray] = {}
+
         def full_pass(name: str) -> np.ndarray:
+            if name == "tower":
+                return tower.setdefault("R", _tower_rollout(model, pixel_values))
             if not generated:
                 return np.zeros((0, len(image_cols)), np.float32)
             if name == "rollout":
