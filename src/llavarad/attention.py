@@ -370,16 +370,20 @@ def explain(bundle: ModelBundle, image: Image.Image, indication: str | None = No
         full_ids = torch.tensor([ids + generated[:-1]], device=device) if generated else input_ids
         queries = [len(ids) - 1 + k for k in range(len(generated))]
 
-        tower: dict[str, np.ndarray] = {}
+        done: dict[str, np.ndarray] = {}  # each extra pass runs once, however many methods use it
 
         def full_pass(name: str) -> np.ndarray:
-            if name == "tower":
-                return tower.setdefault("R", _tower_rollout(model, pixel_values))
-            if not generated:
-                return np.zeros((0, len(image_cols)), np.float32)
-            if name == "rollout":
-                return _rollout(model, full_ids, pixel_values, image_cols.to(device), queries)
-            return _grad_attention(model, full_ids, pixel_values, image_cols.to(device), queries, generated)
+            if name not in done:
+                if name == "tower":
+                    done[name] = _tower_rollout(model, pixel_values)
+                elif not generated:
+                    done[name] = np.zeros((0, len(image_cols)), np.float32)
+                elif name == "rollout":
+                    done[name] = _rollout(model, full_ids, pixel_values, image_cols.to(device), queries)
+                else:
+                    done[name] = _grad_attention(model, full_ids, pixel_values, image_cols.to(device), queries,
+                                                 generated)
+            return done[name]
 
         n_layers = model.config.text_config.num_hidden_layers
         n_heads = model.config.text_config.num_attention_heads
