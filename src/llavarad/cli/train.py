@@ -75,14 +75,12 @@ def _run_stage(stage: str, config: Path, overrides: tuple[str, ...]) -> Path:
     else:
         from llavarad.train.stage3_finetune import Stage3Config as cls
         from llavarad.train.stage3_finetune import run_stage3 as runner
-    from llavarad.train.callbacks import NonFiniteLossCallback
-
     cfg = _load(cls, config, overrides)
     _check_output_dir(cfg)
     with log_to_file(Path(cfg.output_dir) / "run.log") as log_path:
         logging.getLogger(__name__).info("%s: %s %s", stage, config, " ".join(overrides))
-        try:  # a NaN/inf loss or gradient norm stops the run with one clear line
-            out = Path(runner(cfg, callbacks=[TrainerProgress(label=stage), NonFiniteLossCallback()]))
+        try:  # a NaN/inf loss or gradient norm stops the run (NonFiniteLossCallback, in every stage's Trainer)
+            out = Path(runner(cfg, callbacks=[TrainerProgress(label=stage)]))
         except ValueError as exc:  # a setting that only fails once the data is seen (e.g. batch arithmetic)
             raise click.ClickException(str(exc)) from exc
     click.echo(f"full log: {log_path}")

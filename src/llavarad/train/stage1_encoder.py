@@ -251,12 +251,13 @@ def _make_trainer(cfg: Stage1Config, args, model, pairs: list[Pair], val_pairs: 
                           seed=cfg.seed)
     flow = Stage1Callback(out / _LOG_FILE, stop_after=cfg.stop_after_steps, validate=bool(val_pairs),
                           eval_every_epochs=cfg.eval_every_epochs, logit_scale_max=cfg.logit_scale_max)
+    from llavarad.train.callbacks import NonFiniteLossCallback
     from llavarad.train.trainer import quiet
 
     return quiet(ContrastiveTrainer(
         model=model, args=args, train_dataset=dataset,
         data_collator=Collator(model.tokenizer, cfg.context_length, model.config.image_size),
-        callbacks=[flow, *callbacks], sampler=EpochSampler(len(pairs), cfg.seed), warmup_steps=cfg.warmup_steps,
+        callbacks=[flow, NonFiniteLossCallback(), *callbacks], sampler=EpochSampler(len(pairs), cfg.seed), warmup_steps=cfg.warmup_steps,
         warmup_ratio=cfg.warmup_ratio, schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, val_pairs=val_pairs,
         image_processor=model.image_processor, bad_samples=out / "bad_samples.jsonl"))
 

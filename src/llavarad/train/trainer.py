@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback
 
 from llavarad.config import config_to_dict
-from llavarad.train.callbacks import ConfigSnapshotCallback, JsonlLogCallback
+from llavarad.train.callbacks import ConfigSnapshotCallback, JsonlLogCallback, NonFiniteLossCallback
 from llavarad.train.distributed import grad_accumulation, world_size
 from llavarad.train.settings import TrainConfig
 
@@ -162,7 +162,7 @@ def make_trainer(cfg: TrainConfig, model, bundle, train_ds, val_ds, *, stage: st
     trainer = GroupLrTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
         callbacks=[JsonlLogCallback(Path(cfg.output_dir) / "train_log.jsonl"), ConfigSnapshotCallback(config_dict),
-                   *callbacks],
+                   NonFiniteLossCallback(), *callbacks],
         group_lrs=group_lrs)
     return quiet(trainer)
 
