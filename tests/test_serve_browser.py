@@ -88,3 +88,14 @@ def test_a_rejected_file_gets_a_clear_message(server, page, tmp_path):
     message = page.inner_text("#error")
     assert "Rejected" in message and "text file" in message and "PNG, JPEG or DICOM" in message
     assert page.is_disabled("#go")
+
+
+def test_api_reference_renders_offline(server, page):
+    external = []
+    page.on("request", lambda req: None if req.url.startswith(server.url) else external.append(req.url))
+    page.goto(server.url + "/docs")
+    page.wait_for_selector("section.op", timeout=30_000)
+    titles = page.locator("section.op h2").all_inner_texts()
+    assert any("/v1/reports" in t for t in titles) and any("/v1/chat/completions" in t for t in titles)
+    assert "multipart/form-data" in page.inner_text("#api")
+    assert external == [], f"the API reference loaded something from elsewhere: {external}"

@@ -42,8 +42,8 @@ _ENDPOINTS = {"/v1/reports", "/v1/preview", "/v1/chat/completions", "/v1/models"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "payload_too_large"}
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
-                                 b"script-src 'self'; connect-src 'self'; frame-ancestors 'none'"),
+    (b"content-security-policy", (b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                                  b"script-src 'self'; connect-src 'self'; frame-ancestors 'none'")),
     (b"cache-control", b"no-store"),
 ]
 

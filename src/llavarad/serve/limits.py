@@ -236,7 +236,11 @@ def _plain(problem: str) -> str:
 def check_indication(text: str | None, tokenizer: Any, max_tokens: int) -> str | None:
     """Strip the indication; refuse it with control characters or past ``max_tokens`` tokens (counted
     by :func:`llavarad.generate.cap_indication`, which bounds the work on huge texts)."""
-    from llavarad.generate import GenerationSettings, IndicationTooLongError, cap_indication
+    from llavarad.generate import (
+        GenerationSettings,
+        IndicationTooLongError,
+        cap_indication,
+    )
 
     if text is None:
         return None
