@@ -26,8 +26,9 @@ from dicom3tools import DCIODVFY, dciodvfy_errors
 from orthanc_server import OrthancServer, orthanc_missing_reason
 
 from llavarad.report_formats import ModelInfo
+from llavarad.report_formats._common import values_never_quoted
 
-SECRET_NAME, SECRET_ID = "Quixote^Dulcinea^Secretname", "PID-SECRET-4711"
+SECRET_NAME, SECRET_ID, SECRET_DOB = "Quixote^Dulcinea^Secretname", "PID-SECRET-4711", "DOB-SECRET-1931"
 REAL = ("siim_pa_jpeg_baseline.dcm", "siim_pa_flagged_monochrome1.dcm", "cr_monochrome1_10bit_nopreamble.dcm")
 CRED_ENV = "LLAVARAD_TEST_PACS_LOGIN"
 
@@ -53,7 +54,8 @@ def _part10(ds):
     import pydicom
 
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    with values_never_quoted():
+        ds.save_as(buf, enforce_file_format=True)
     return pydicom.dcmread(io.BytesIO(buf.getvalue()))
 
 
@@ -73,6 +75,10 @@ def make_studies(shared_data: Path, copies: int = 1) -> tuple[list, dict[str, ob
                 request = pydicom.Dataset()
                 request.ReasonForTheRequestedProcedure = "Fever and cough."
                 ds.RequestAttributesSequence = [request]
+            if i == 1:  # a malformed birth date: the SR leaves it empty, no log quotes it
+                with values_never_quoted():
+                    ds.PatientBirthDate = SECRET_DOB
+                    ds = _part10(ds)
             ds = _part10(ds)
             datasets.append(ds)
             expected[ds.StudyInstanceUID] = ds
@@ -168,6 +174,9 @@ def test_loop_drafts_each_study_once_and_reruns_add_nothing(orthanc, loaded, dra
         assert sr.StudyInstanceUID == study_uid and sr.SeriesInstanceUID != source.SeriesInstanceUID
         assert (sr.CompletionFlag, sr.VerificationFlag) == ("PARTIAL", "UNVERIFIED")
         assert str(sr.PatientName) == SECRET_NAME and sr.PatientID == source.PatientID  # where DICOM puts them
+        with values_never_quoted():
+            birth = source.get("PatientBirthDate", "")
+            assert sr.PatientBirthDate == ("" if birth == SECRET_DOB else birth)
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert evidence.SeriesInstanceUID == source.SeriesInstanceUID
         if DCIODVFY:  # the SR as the PACS serves it back is valid too
@@ -176,7 +185,7 @@ def test_loop_drafts_each_study_once_and_reruns_add_nothing(orthanc, loaded, dra
 
     # Privacy: names and IDs never reach a log line, the state file or an error message.
     state_text = cfg.state_path.read_text(encoding="utf-8")
-    for secret in (SECRET_NAME, SECRET_ID, "Dulcinea", "Secretname"):
+    for secret in (SECRET_NAME, SECRET_ID, "Dulcinea", "Secretname", SECRET_DOB):
         assert secret not in caplog.text and secret not in state_text and secret not in str(first.errors)
 
     second = run_loop(cfg, generator, info, once=True)  # state file: finished studies are not touched

@@ -100,7 +100,7 @@ def iter_studies(client: DICOMwebClient, modalities: Sequence[str], since: str |
         offset = 0
         while True:
             page = client.search_for_studies(search_filters=filters, limit=page_size, offset=offset or None,
-                                             fields=["PatientID", "PatientName", "StudyDate"])
+                                             fields=["PatientID", "PatientName", "PatientBirthDate", "StudyDate"])
             for item in page:
                 uid = value(item, "StudyInstanceUID")
                 if uid and uid not in seen:

@@ -41,6 +41,7 @@ from llavarad.pacs._dicomweb import (
     store,
     value,
 )
+from llavarad.report_formats._common import values_never_quoted
 
 if TYPE_CHECKING:
     from dicomweb_client.api import DICOMwebClient
@@ -53,6 +54,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["PacsConfig", "PassSummary", "StudyState", "run_loop", "run_pass"]
 
 Status = Literal["stored", "answered", "no_frontal", "failed"]
+#: Attributes whose values are scrubbed from every recorded or logged message.
+_IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
+                "AccessionNumber", "IssuerOfPatientID", "PatientAddress", "PatientTelephoneNumbers",
+                "PatientMotherBirthName", "MedicalRecordLocator")
 _FINAL: tuple[str, ...] = ("stored", "answered", "no_frontal")
 
 
@@ -167,9 +172,10 @@ def run_pass(client: DICOMwebClient, generator: ReportGenerator, model: ModelInf
         if prev.get("status") == "failed" and attempts >= config.max_attempts:
             summary.gave_up += 1
             continue
-        private = [str(v) for v in (value(item, "PatientName"), value(item, "PatientID")) if v]
+        private = [str(value(item, k)) for k in _IDENTIFYING if value(item, k)]
         try:
-            status, extra = _process(client, generator, model, config, uid, description, private)
+            with values_never_quoted():
+                status, extra = _process(client, generator, model, config, uid, description, private)
         except Exception as exc:  # one study's failure is recorded; the pass goes on
             if _pacs_unavailable(exc):  # not this study's fault: end the pass, the loop backs off
                 raise
@@ -202,7 +208,9 @@ def _process(client: DICOMwebClient, generator: ReportGenerator, model: ModelInf
         logger.info("study %s: no frontal %s chest image; nothing to draft", uid, "/".join(config.modalities))
         return "no_frontal", {}
     source = retrieve(client, uid, frontal)
-    private.extend(str(v) for v in (source.get("PatientName"), source.get("PatientID")) if v)
+    for keyword in _IDENTIFYING:  # every identifying value of the study, for scrubbing messages
+        values = source.get(keyword)
+        private.extend(str(v) for v in (values if isinstance(values, (list, tuple)) else [values]) if v)
     buffer = io.BytesIO()
     source.save_as(buffer, enforce_file_format=True)  # WADO-RS gives a dataset; read_cxr reads file bytes
     buffer.seek(0)

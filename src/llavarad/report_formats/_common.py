@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -126,6 +127,25 @@ def require(module: str) -> None:
         found = False
     if not found:
         raise ReportFormatError(f"{module} is not installed: pip install 'llavarad[pacs]'")
+
+
+@contextlib.contextmanager
+def values_never_quoted() -> Iterator[None]:
+    """While active, pydicom neither validates values on reading nor on writing.
+
+    pydicom warns about, and logs, an invalid value by quoting it (``Invalid value for VR DA:
+    '<birth date>'``); archives hold many such values, some of them patient data. Values are passed
+    on as the source has them, and none is quoted into a log. Not thread-safe (pydicom's settings
+    are global); the settings are restored on exit.
+    """
+    from pydicom import config
+
+    saved = config.settings.reading_validation_mode, config.settings.writing_validation_mode
+    config.settings.reading_validation_mode = config.settings.writing_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = saved
 
 
 def read_source_header(source: str | Path | BinaryIO) -> Dataset:

@@ -34,6 +34,7 @@ from llavarad.report_formats._common import (
     ModelInfo,
     ReportFormatError,
     require,
+    values_never_quoted,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ __all__ = ["SR_SERIES_NUMBER", "series_description", "sr_uids", "to_sr"]
 #: Series Number of the SR series (a high number keeps it after the image series in viewers).
 SR_SERIES_NUMBER = 9901
 _AGE = re.compile(r"\d{3}[DWMY]")
+_DATE = re.compile(r"\d{8}")
+_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 #: Type 2 attributes highdicom reads from the source: present (empty if unknown) in the SR.
 _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
           "StudyDate", "StudyTime")
@@ -92,7 +95,8 @@ def to_sr(report: DraftReport, source: Dataset | Sequence[Dataset], model: Model
     sources = [source] if not isinstance(source, Sequence) else list(source)
     if not sources:
         raise ReportFormatError("to_sr needs the source image's DICOM header (none given)")
-    evidence = [_checked_copy(ds, i) for i, ds in enumerate(sources)]
+    with values_never_quoted():  # a malformed source value is never quoted into a warning or log
+        evidence = [_checked_copy(ds, i) for i, ds in enumerate(sources)]
     study_uid = str(evidence[0].StudyInstanceUID)
     if any(str(ds.StudyInstanceUID) != study_uid for ds in evidence):
         raise ReportFormatError("the source images belong to different studies; an SR reports on one study")
@@ -138,6 +142,11 @@ def _checked_copy(ds: Dataset, index: int) -> Dataset:
     if "PatientAge" in copy and not _AGE.fullmatch(str(copy.PatientAge or "")):
         logger.debug("source %d: Patient's Age is not a valid AS value (nnnD/W/M/Y); left out of the SR", index + 1)
         del copy.PatientAge
+    for keyword, form in (("PatientBirthDate", _DATE), ("StudyDate", _DATE), ("StudyTime", _TIME)):
+        raw = str(copy.get(keyword) or "").strip()
+        if raw and not form.fullmatch(raw):  # type 2: an empty value is valid, a malformed one is not
+            logger.debug("source %d: %s is malformed; left empty in the SR (the value is not logged)", index + 1, keyword)
+            setattr(copy, keyword, "")
     return copy
 
 
