@@ -206,12 +206,14 @@ def _dicom_with_patient_tags(data: bytes, marker: str) -> bytes:
     import pydicom
 
     ds = pydicom.dcmread(io.BytesIO(data))
-    ds.PatientName = marker
-    ds.PatientID = marker
-    ds.add_new((0x0010, 0x0030), "DA", marker)  # PatientBirthDate: not a date
-    ds.add_new((0x0008, 0x1030), "LO", marker * 4)  # StudyDescription: over 64 characters
     out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
+    with warnings.catch_warnings():  # pydicom objects to the invalid values we write on purpose
+        warnings.simplefilter("ignore")
+        ds.PatientName = marker
+        ds.PatientID = marker
+        ds.add_new((0x0010, 0x0030), "DA", marker)  # PatientBirthDate: not a date
+        ds.add_new((0x0008, 0x1030), "LO", marker * 4)  # StudyDescription: over 64 characters
+        ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
 
 
