@@ -226,3 +226,23 @@ def test_read_cxr_from_memory_equals_from_file(images, shared_data):
         a = read_cxr(shared_data / "images" / name)
         b = read_cxr(io.BytesIO(images[name]))
         assert np.array_equal(a.array, b.array) and (a.view, b.path) == (b.view, None)
+
+
+def test_lateral_view_and_prior_comparison_warnings(server, images):
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(images[DCM]))
+    ds.ViewPosition = "LL"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    r = _post(server.url, out.getvalue())
+    assert r.status_code == 200
+    assert [w["code"] for w in r.json()["warnings"]][:1] == ["lateral_view"]
+    service = server.app.state.service
+    from llavarad.serve.limits import read_image
+
+    cxr = read_image(images[DCM], 50_000_000)
+    warned = service.warnings(cxr, "Heart size is normal. Unchanged from the prior radiograph.")
+    assert [(w["code"], w["sentence"]) for w in warned] == [
+        ("prior_comparison", "Unchanged from the prior radiograph.")]
+    assert service.warnings(cxr, "Heart size is normal. No pleural effusion.") == []
