@@ -22,6 +22,10 @@ def test_every_public_name_resolves_to_its_module_object():
         assert (getattr(value, "__doc__", None) or "").strip(), f"{name} has no docstring"
 
 
+def test_all_lists_exactly_the_exports():
+    assert sorted(llavarad.__all__) == sorted(["__version__", *llavarad._EXPORTS])
+
+
 def test_unknown_name_is_an_attribute_error():
     import pytest
 

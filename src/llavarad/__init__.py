@@ -43,7 +43,23 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "run_chexprompt": ("llavarad.chexprompt.run", "run_chexprompt"),
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "ChexpromptConfig",
+    "CxrImage",
+    "EvaluateConfig",
+    "GenerationSettings",
+    "LlavaradError",
+    "ModelBundle",
+    "ReportGenerator",
+    "__version__",
+    "evaluate_predictions",
+    "generate_reports",
+    "get_labeler",
+    "load_model",
+    "read_cxr",
+    "run_chexprompt",
+    "run_generation",
+]
 
 
 def __getattr__(name: str) -> Any:

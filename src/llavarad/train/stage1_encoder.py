@@ -36,7 +36,15 @@ from llavarad.config import config_to_dict, save_config
 from llavarad.errors import LlavaradError
 from llavarad.io.manifest import SPLITS, JsonlWriter
 from llavarad.model.presets import ImagePool
-from llavarad.train._stage1_data import Collator, EpochSampler, Pair, PairDataset, load_pairs, read_image, record_text
+from llavarad.train._stage1_data import (
+    Collator,
+    EpochSampler,
+    Pair,
+    PairDataset,
+    load_pairs,
+    read_image,
+    record_text,
+)
 
 logger = logging.getLogger(__name__)
 

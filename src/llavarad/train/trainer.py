@@ -16,7 +16,11 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback
 
 from llavarad.config import config_to_dict
-from llavarad.train.callbacks import ConfigSnapshotCallback, JsonlLogCallback, NonFiniteLossCallback
+from llavarad.train.callbacks import (
+    ConfigSnapshotCallback,
+    JsonlLogCallback,
+    NonFiniteLossCallback,
+)
 from llavarad.train.distributed import grad_accumulation, world_size
 from llavarad.train.settings import TrainConfig
 
