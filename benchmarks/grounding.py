@@ -101,7 +101,7 @@ def main() -> None:
                     "layer-head); the first is explain's word_maps")
     ap.add_argument("--label", default=None, help="model name in the RESULT lines (default: the demo folder's name)")
     args = ap.parse_args()
-    methods = args.method or [m for m in METHODS if m != "layer-head"]
+    methods = args.method or [m for m in METHODS if not m.startswith("layer-head")]
 
     demo = args.demo
     if demo is None:

@@ -233,3 +233,19 @@ def test_tower_methods_carry_the_map_back_through_the_tower_rollout(tiny_bundle,
         assert np.allclose(expl.method_maps[f"{name}+tower"], expl.method_maps[name] @ patches, atol=1e-6)
     assert np.allclose(expl.word_maps_for("layer+tower").reshape(len(expl.words), -1),
                        np.stack([expl.method_maps["layer+tower"][w["tokens"]].mean(0) for w in expl.words]))
+
+
+def test_a_plain_prompt_that_ends_with_the_image_is_captured_too(tiny_bundle, image):
+    """"plain" prompts end with the image tokens: the first token's row is the prompt's last row."""
+    plain = dataclasses.replace(tiny_bundle, meta={**tiny_bundle.meta, "prompt_format": "plain"})
+    ids = tokenize_prompt(plain.tokenizer, build_prompt("plain").prompt, plain.num_image_tokens, plain.image_token_id)
+    expl = explain(plain, image, max_new_tokens=4)
+    assert len(expl.token_ids) == 4
+    full = torch.tensor([ids + expl.token_ids[:-1]])
+    cols = [i for i, t in enumerate(ids) if t == plain.image_token_id]
+    pv = pixel_values_for([image], plain.image_processor, plain.image_aspect_ratio)
+    with torch.no_grad():
+        att = _eager_forward(plain.model, input_ids=full, pixel_values=pv, output_attentions=True).attentions
+    for k in range(4):
+        want = torch.stack([a[0, :, len(ids) - 1 + k, cols].mean(0) for a in att]).numpy()
+        assert np.allclose(expl.token_layer_maps[k], want, atol=1e-5)

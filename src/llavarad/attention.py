@@ -2,8 +2,8 @@
 
 While generating greedily, the attention from each generated token (the query at the step that
 predicted it) to the image tokens is captured per layer and head. Only the image columns are kept
-at each step, and the prompt is pre-filled without attention outputs, so nothing of size
-``sequence x sequence`` is ever kept and a 7B model fits in memory. This path alone uses eager
+at each step, and the prompt is pre-filled keeping only its last row's image columns, so nothing
+of size ``sequence x sequence`` is ever kept and a 7B model fits in memory. This path alone uses eager
 attention (SDPA cannot return weights); the model's own setting is restored afterwards.
 
 Methods (``method=``), each a ``(n_tokens, n_image_tokens)`` map per generated token:
@@ -193,29 +193,43 @@ def _resolve(bundle: ModelBundle, method: str, layer: int | None, head: int | No
 
 
 def _generate_capturing(model, input_ids, pixel_values, image_cols, layer: int, max_new_tokens: int, eos):
-    """Greedy decoding that keeps, per step, the image columns of each layer's attention row."""
+    """Greedy decoding that keeps, per step, the image columns of each layer's attention row.
+
+    The prompt is pre-filled in one forward whose hooks keep only its last row's image columns
+    (that row predicts the first token; the prompt may end with the image, as in "plain");
+    each later step returns its single attention row per layer.
+    """
     import torch
 
     layer_maps: list[np.ndarray] = []
     head_maps: list[np.ndarray] = []
     generated: list[int] = []
     device = input_ids.device
+    cols = image_cols.to(device)
+    rows: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _a, out: rows.append(out[1][0, :, -1, cols].float()))
+               for m in _attention_modules(model)]
+    try:
+        with torch.inference_mode():
+            out = model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True)
+    finally:
+        for h in handles:
+            h.remove()
+    per_layer = torch.stack(rows)  # (layers, heads, n_image)
     with torch.inference_mode():
-        # Pre-fill all but the last prompt token without attention outputs (no L x L weights kept).
-        out = model(input_ids=input_ids[:, :-1], pixel_values=pixel_values, use_cache=True)
-        cache, cur = out.cache, input_ids[:, -1:]
         for _ in range(max_new_tokens):
-            out = model(input_ids=cur, cache=cache, use_cache=True, output_attentions=True)
-            cache = out.cache
             nxt = int(out.logits[0, -1].argmax())
             if nxt == eos:
                 break
-            # each layer: (1, heads, 1, kv_len) -> keep image columns only -> (heads, n_image)
-            per_layer = torch.stack([a[0, :, -1, image_cols.to(a.device)].float() for a in out.attentions])
             layer_maps.append(per_layer.mean(dim=1).cpu().numpy())
             head_maps.append(per_layer[layer].cpu().numpy())
             generated.append(nxt)
-            cur = torch.tensor([[nxt]], device=device)
+            if len(generated) == max_new_tokens:
+                break
+            out = model(input_ids=torch.tensor([[nxt]], device=device), cache=out.cache, use_cache=True,
+                        output_attentions=True)
+            # each layer: (1, heads, 1, kv_len) -> keep image columns only -> (heads, n_image)
+            per_layer = torch.stack([a[0, :, -1, cols].float() for a in out.attentions])
     return generated, layer_maps, head_maps
 
 
