@@ -7,6 +7,8 @@ words and score:
 - pointing game: the map's peak cell lies in the finding's region (the mask max-pooled to the grid
   over the crop the model saw: a cell counts as inside if any of its pixels is);
 - attention mass inside the region.
+Word-agnostic control: the mean map of all the report's words scored against the same region; a
+map that only shows where the image has content (not where *this* finding is) scores as well there.
 Baseline: a uniform map, whose mass inside equals the region's area fraction and whose random peak
 hits with that same probability. Goals (issue 24): hits >= uniform + 0.3, mass >= 2x uniform.
 
@@ -83,12 +85,15 @@ def _score(demo: Path, coded: bool, limit: int, methods: list[str]) -> tuple[dic
             if not region.any():
                 continue
             for method in methods:
-                m = expl.word_maps_for(method)[idx].mean(axis=0)
+                maps = expl.word_maps_for(method)
+                m, agnostic = maps[idx].mean(axis=0), maps.mean(axis=0)
                 for key in (f["finding"], "overall"):
                     s = stats[method][key]
                     s["hit"].append(float(pointing_hit(m, region)))
                     s["mass"].append(mass_inside(m, region))
                     s["area"].append(float(region.mean()))
+                    s["agnostic_hit"].append(float(pointing_hit(agnostic, region)))
+                    s["agnostic_mass"].append(mass_inside(agnostic, region))
     return stats, len(rows), total, named
 
 
@@ -124,11 +129,18 @@ def main() -> None:
         cells = "".join(f"{np.mean(stats[m][key]['hit']):>9.3f}/{np.mean(stats[m][key]['mass']):.3f}" for m in methods)
         print(f"{key:<18}{len(first['hit']):>5}{np.mean(first['area']):>9.3f}{cells}")
     base = float(np.mean(stats[methods[0]]["overall"]["area"]))
+    print("word-agnostic control (the mean map of all the report's words, scored against the same region):")
+    for m in methods:
+        o = stats[m]["overall"]
+        print(f"  {m:<22} word: hit {np.mean(o['hit']):.3f} mass {np.mean(o['mass']) / base:.2f}x   "
+              f"all words: hit {np.mean(o['agnostic_hit']):.3f} mass {np.mean(o['agnostic_mass']) / base:.2f}x")
     print(f"RESULT grounding_{label}_uniform_baseline {base:.3f} fraction goal=none")
     for m in methods:
         o = stats[m]["overall"]
         print(f"RESULT grounding_{label}_{m}_pointing_hit_rate {np.mean(o['hit']):.3f} fraction goal=>={base + 0.3:.3f}")
         print(f"RESULT grounding_{label}_{m}_mass_vs_uniform {np.mean(o['mass']) / base:.2f} x goal=>=2")
+        print(f"RESULT grounding_{label}_{m}_mass_vs_word_agnostic {np.mean(o['mass']) / np.mean(o['agnostic_mass']):.2f}"
+              " x goal=>1")
 
 
 if __name__ == "__main__":
