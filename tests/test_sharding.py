@@ -135,6 +135,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path, shared_data, tiny_model_
     assert [r["id"] for r in _rows(out)] == _manifest_ids(manifest)
 
 
+@pytest.mark.slow  # three generation launches; ~15 s idle, minutes on shared cores
 def test_kill_9_of_a_rank_then_a_rerun_on_another_world_size_loses_nothing(tmp_path, shared_data, tiny_model_dir):
     manifest = _manifest(tmp_path, shared_data, 24)
     out = tmp_path / "p.jsonl"
