@@ -21,7 +21,7 @@ from llavarad.errors import LlavaradError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FallbackWindow", "render_dicom", "normalise_view"]
+__all__ = ["FallbackWindow", "never_quote_dicom_values", "render_dicom", "normalise_view"]
 
 FallbackWindow = Literal["auto", "minmax", "percentile", "bits"]
 
@@ -58,6 +58,21 @@ _LATERAL = {"LATERAL", "LL", "RL", "RLD", "LLD", "XTABLE LATERAL", "LATERAL DECU
 
 class DicomRenderError(LlavaradError, ValueError):
     """A DICOM file that pydicom reads but that cannot be rendered (message names what is wrong)."""
+
+
+def never_quote_dicom_values() -> None:
+    """Turn off pydicom's value validation for the whole process.
+
+    pydicom warns about an invalid value by quoting it (``Invalid value for VR DA: '<value>'``), and
+    the values of an uploaded or archived file can be patient data. A long-running process that
+    reads other people's files (the server) calls this once at start: pydicom's settings are
+    process-global, so switching them per request would race between threads. Values are still
+    read as the file has them; llavarad validates what it uses itself.
+    """
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
 
 
 def normalise_view(value: Any) -> tuple[str | None, bool | None]:

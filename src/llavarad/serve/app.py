@@ -123,6 +123,9 @@ machine. Images and reports are never stored or logged. Errors are `{"error": {"
 
 def create_app(config: ServeConfig, generator: ReportGenerator, *, model_id: str = "llavarad") -> FastAPI:
     """The service app for a loaded generator; the worker starts (and warms the model) with the app."""
+    from llavarad.io._dicom import never_quote_dicom_values
+
+    never_quote_dicom_values()  # an upload's invalid tag values must never be quoted into a log line
     metrics = ServeMetrics()
     service = DraftService(config, generator, metrics, model_id=model_id)
 
