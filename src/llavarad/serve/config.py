@@ -36,7 +36,7 @@ def read_api_keys(path: str | Path) -> tuple[str, ...]:
     short = [i for i, k in enumerate(keys, 1) if len(k) < 16]
     if short:
         raise ServeConfigError(f"the API key file {p}: key(s) number {short} are shorter than 16 characters; "
-                               "use long random secrets (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+                               "use long random secrets (e.g. the output of `openssl rand -base64 32`)")
     return keys
 
 
