@@ -25,7 +25,7 @@ from llavarad.data.sections import SectionerConfig, split_sections
 from llavarad.io.manifest import ManifestRecord, read_jsonl, write_manifest
 
 if TYPE_CHECKING:
-    from llavarad.data.importers.dicom_archive import DicomImportConfig, ImportSummary
+    from llavarad.data.importers._dicom_config import DicomImportConfig, ImportSummary
 
 __all__ = ["EXCLUDING", "assemble", "patient_split", "problem_row"]
 
