@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llavarad.phantom.demo import DemoConfig
+    from llavarad.phantom._demo_config import DemoConfig
 
 __all__ = ["HEAT_MAP_WORDS", "card_html", "card_markdown", "choose_word", "headline", "read_heat_map", "write_card"]
 
