@@ -57,7 +57,7 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
 
     from llavarad.config import ConfigError
     from llavarad.evaluate.radgraph import RadGraphUnavailable
-    from llavarad.evaluate.run import TABLE_COLUMNS, EvaluateConfig, EvaluationError, evaluate
+    from llavarad.evaluate.run import EvaluateConfig, EvaluationError, evaluate
 
     from llavarad.io.outputs import check_output
 
@@ -94,6 +94,15 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
         except RadGraphUnavailable as exc:
             raise click.ClickException(f"F1-RadGraph is unavailable: {exc}") from exc
 
+    failed = _echo_summary(result, out_dir, statistic, n_bootstrap, seed, no_plot)
+    if failed or (config.radgraph == "on" and result["metrics"].get("F1-RadGraph") is None):
+        ctx.exit(1)
+
+
+def _echo_summary(result: dict, out_dir: str, statistic: str, n_bootstrap: int, seed: int, no_plot: bool) -> int:
+    """Print the metric table of an evaluation and what it wrote; return how many rows could not be scored."""
+    from llavarad.evaluate.run import TABLE_COLUMNS
+
     m = result["metrics"]
     click.echo(f"{result['model']}: {result['n']} of {result['n_rows']} rows scored "
                f"(labeler {result['settings']['labeler']}, {statistic} statistic, {n_bootstrap} bootstrap resamples, "
@@ -114,5 +123,4 @@ def evaluate_cmd(ctx: click.Context, predictions: str, out_dir: str, labeler: st
                    f"malformed or unscorable; see 'generation_errors' and 'problems' in {out_dir}/metrics.json", err=True)
     click.echo(f"Wrote {out_dir}/metrics.json, table.md, table.csv, per_observation.csv, per_report.csv, prior_mentions.csv"
                + ("" if no_plot else ", per_observation_f1.png"))
-    if failed or (config.radgraph == "on" and m.get("F1-RadGraph") is None):
-        ctx.exit(1)
+    return failed
