@@ -55,20 +55,39 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            problems.append(f"{where}: must not be null (expected {_type_name(tp)})")
+        return _coerce_union(value, tp, where, problems)
+    if origin in (list, tuple, dict):
+        return _coerce_container(value, tp, origin, where, problems)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
             return value
-        non_none = [a for a in args if a is not type(None)]
-        for arg in non_none:
-            trial: list[str] = []
-            out = _coerce(value, arg, where, trial)
-            if not trial:
-                return out
-        problems.append(f"{where}: {value!r} does not match {_type_name(tp)}")
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            return value
+        return _build(tp, value, where, problems)
+    return _coerce_scalar(value, tp, where, problems)
+
+
+def _coerce_union(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """``X | None`` and other unions: null where allowed, else the first member that takes ``value``."""
+    args = get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        problems.append(f"{where}: must not be null (expected {_type_name(tp)})")
         return value
+    non_none = [a for a in args if a is not type(None)]
+    for arg in non_none:
+        trial: list[str] = []
+        out = _coerce(value, arg, where, trial)
+        if not trial:
+            return out
+    problems.append(f"{where}: {value!r} does not match {_type_name(tp)}")
+    return value
+
+
+def _coerce_container(value: Any, tp: Any, origin: Any, where: str, problems: list[str]) -> Any:
+    """``list[X]`` / ``tuple[X, ...]`` / ``dict[K, V]``: each item coerced to its type, named by its place."""
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             problems.append(f"{where}: expected a list, got {value!r}")
@@ -77,20 +96,16 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         item_tp = args[0] if args else Any
         out_list = [_coerce(v, item_tp, f"{where}[{i}]", problems) for i, v in enumerate(value)]
         return tuple(out_list) if origin is tuple else out_list
-    if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected a mapping, got {value!r}")
-            return value
-        args = get_args(tp)
-        val_tp = args[1] if len(args) == 2 else Any
-        return {k: _coerce(v, val_tp, f"{where}.{k}", problems) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-            return value
-        return _build(tp, value, where, problems)
+    if not isinstance(value, dict):  # origin is dict
+        problems.append(f"{where}: expected a mapping, got {value!r}")
+        return value
+    args = get_args(tp)
+    val_tp = args[1] if len(args) == 2 else Any
+    return {k: _coerce(v, val_tp, f"{where}.{k}", problems) for k, v in value.items()}
+
+
+def _coerce_scalar(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """bool / int / float / str / Path from YAML or ``key=value`` text, where the conversion is lossless."""
     if tp is bool:
         if isinstance(value, bool):
             return value
