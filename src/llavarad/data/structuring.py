@@ -107,6 +107,54 @@ def _request_parts(task: Task, source: str, min_support: float) -> tuple[list[di
     return translation_messages(source), TRANSLATION_VERSION, partial(parse_translation, source_es=source), "translated"
 
 
+def _pending(records: Iterable[ManifestRecord], task: Task, writer: JsonlWriter,
+             summary: LLMStepSummary) -> Iterator[tuple[str, ManifestRecord]]:
+    """``(report key, first record)`` of each report the step still has to do, counting the others."""
+    seen: set[str] = set()
+    for rec in records:
+        key = report_key(rec)
+        if key in seen:
+            continue
+        seen.add(key)
+        if not _applies(rec, task):
+            summary.not_applicable += 1
+            continue
+        if key in writer.done:
+            summary.already_done += 1
+            continue
+        yield key, rec
+
+
+@dataclass
+class _StepOutputs:
+    """Where one step's finished reports go: the output (valid replies) or the errors file."""
+
+    task: Task
+    model: str | None
+    writer: JsonlWriter
+    errors: JsonlWriter
+    summary: LLMStepSummary
+
+    def record(self, res: Any, rec: ManifestRecord, source_kind: str, prompt_version: str) -> None:
+        """Write one client result (a valid reply as a row, a failure with its raw replies) and count it."""
+        base = {"id": res.key, "task": self.task, "dataset": rec.dataset, "study_id": rec.study_id,
+                "prompt_version": prompt_version, "model": self.model,
+                "cached": res.cached, "attempts": res.attempts}
+        if res.ok:
+            value = res.value
+            row = {**base, "text_source": source_kind}
+            if self.task == "structure":
+                row["sections"] = value
+            else:
+                row["findings"] = value or None
+            self.writer.write(row)
+            self.summary.ok += 1
+            self.summary.cached += bool(res.cached)
+        else:
+            self.errors.write({**base, "error": res.error, "raw_replies": res.raw_replies})
+            self.summary.failed += 1
+
+
 def run_llm_step(records: Iterable[ManifestRecord], out_path: str | Path, client: Any, task: Task = "structure",
                  *, min_support: float = 0.7, limit: int | None = None, chunk_size: int = 256,
                  on_progress: Callable[[int], None] | None = None) -> LLMStepSummary:
@@ -130,59 +178,22 @@ def run_llm_step(records: Iterable[ManifestRecord], out_path: str | Path, client
     err_path = out_path.with_name(out_path.name.replace(".jsonl", "") + ".errors.jsonl")
     model = getattr(getattr(client, "cfg", None), "model", None)
     with JsonlWriter(out_path) as writer, JsonlWriter(err_path, resume=False) as errors:
-        seen: set[str] = set()
-
-        def pending() -> Iterator[tuple[str, ManifestRecord]]:
-            for rec in records:
-                key = report_key(rec)
-                if key in seen:
-                    continue
-                seen.add(key)
-                if not _applies(rec, task):
-                    summary.not_applicable += 1
-                    continue
-                if key in writer.done:
-                    summary.already_done += 1
-                    continue
-                yield key, rec
-
+        outputs = _StepOutputs(task, model, writer, errors, summary)
         batch: list[Any] = []
-        meta: dict[str, tuple[ManifestRecord, str]] = {}
+        meta: dict[str, tuple[ManifestRecord, str, str]] = {}
 
         def flush() -> None:
             if not batch:
                 return
-
-            def on_result(res: Any) -> None:
-                rec, source_kind = meta[res.key]
-                base = {"id": res.key, "task": task, "dataset": rec.dataset, "study_id": rec.study_id,
-                        "prompt_version": batch_versions[res.key], "model": model,
-                        "cached": res.cached, "attempts": res.attempts}
-                if res.ok:
-                    value = res.value
-                    row = {**base, "text_source": source_kind}
-                    if task == "structure":
-                        row["sections"] = value
-                    else:
-                        row["findings"] = value or None
-                    writer.write(row)
-                    summary.ok += 1
-                    summary.cached += bool(res.cached)
-                else:
-                    errors.write({**base, "error": res.error, "raw_replies": res.raw_replies})
-                    summary.failed += 1
-
-            client.run(list(batch), on_result=on_result)
+            client.run(list(batch), on_result=lambda res: outputs.record(res, *meta[res.key]))
             if on_progress is not None:
                 on_progress(len(batch))
             batch.clear()
             meta.clear()
-            batch_versions.clear()
 
         from llavarad.llm import ChatRequest
 
-        batch_versions: dict[str, str] = {}
-        for key, rec in pending():
+        for key, rec in _pending(records, task, writer, summary):
             if limit is not None and summary.reports >= limit:
                 break
             try:
@@ -194,8 +205,7 @@ def run_llm_step(records: Iterable[ManifestRecord], out_path: str | Path, client
             summary.reports += 1
             messages, version, parse, kind = _request_parts(task, source, min_support)
             batch.append(ChatRequest(key=key, messages=messages, prompt_version=version, parse=parse))
-            meta[key] = (rec, kind)
-            batch_versions[key] = version
+            meta[key] = (rec, kind, version)
             if len(batch) >= chunk_size:
                 flush()
         flush()
