@@ -151,6 +151,31 @@ def _radgraph(config: EvaluateConfig, scorer: RadGraphScorer | None, pairs: list
         return None, None, str(exc)
 
 
+def _metric_settings(labeler: Any, scorer: RadGraphScorer | None, skipped: str | None) -> dict[str, Any]:
+    """How each metric of the table was computed (implementation, version, settings), for ``metrics.json``."""
+    rg_settings = radgraph_settings(scorer, skipped)
+    return {**{k: dict(chexbert_f1_settings(labeler.name, labeler.version, getattr(labeler, "settings", {})),
+                       metric=k) for k, _, _ in TABLE_COLUMNS[:8]},
+            "F1-RadGraph": rg_settings, **lexical_settings(),
+            "RadGraph-combined": {**rg_settings, "implementation": (
+                "radgraph package annotations + ReXrank's combined score (CXR-Report-Metric: mean of entity "
+                "F1 and relation F1 per report)")},
+            "Prior-mentions": {"implementation": "llavarad.evaluate.priors (rules)", "version": __version__,
+                               "settings": {"unit": "% of predictions with >=1 prior-comparison sentence"}}}
+
+
+def _run_settings(config: EvaluateConfig, labeler: Any, bs: int, metric_settings: dict[str, Any],
+                  data: PredictionSet) -> dict[str, Any]:
+    """The ``settings`` of ``metrics.json``: the config, the statistic, the bootstrap and each metric's settings."""
+    return {"config": config_to_dict(config), "labeler": labeler.name,
+            "statistic": statistic_settings(config.statistic, bs, config.seed, config.bleu_seed, config.confidence),
+            "bootstrap": {"n_resamples": bs, "seed": config.seed, "confidence": config.confidence,
+                          "method": "percentile", "paired": "same resamples for every metric",
+                          "rng": "numpy.random.RandomState(seed).randint(0, n, (n_resamples, n))",
+                          "bleu_seed": config.bleu_seed if config.statistic == "release" else None},
+            "metrics": metric_settings, "generation": data.generation_settings}
+
+
 def evaluate(
     predictions: str | Path,
     out_dir: str | Path,
@@ -212,15 +237,7 @@ def evaluate(
                                  "bootstrap_median": 100 * bootstrap_median(counts @ flagged / n),
                                  "headline": "full sample"}
 
-    rg_settings = radgraph_settings(scorer, skipped)
-    metric_settings = {**{k: dict(chexbert_f1_settings(labeler.name, labeler.version, getattr(labeler, "settings", {})),
-                                  metric=k) for k, _, _ in TABLE_COLUMNS[:8]},
-                       "F1-RadGraph": rg_settings, **lexical_settings(),
-                       "RadGraph-combined": {**rg_settings, "implementation": (
-                           "radgraph package annotations + ReXrank's combined score (CXR-Report-Metric: mean of entity "
-                           "F1 and relation F1 per report)")},
-                       "Prior-mentions": {"implementation": "llavarad.evaluate.priors (rules)", "version": __version__,
-                                          "settings": {"unit": "% of predictions with >=1 prior-comparison sentence"}}}
+    metric_settings = _metric_settings(labeler, scorer, skipped)
     result: dict[str, Any] = {
         "model": config.name or data.model or Path(predictions).stem,
         "predictions": str(predictions),
@@ -233,14 +250,7 @@ def evaluate(
                            "reference_share": 100 * ref_priors.share, "file": "prior_mentions.csv"},
         "generation_errors": data.generation_errors,
         "problems": problems,
-        "settings": {"config": config_to_dict(config), "labeler": labeler.name,
-                     "statistic": statistic_settings(config.statistic, bs, config.seed, config.bleu_seed,
-                                                     config.confidence),
-                     "bootstrap": {"n_resamples": bs, "seed": config.seed, "confidence": config.confidence,
-                                   "method": "percentile", "paired": "same resamples for every metric",
-                                   "rng": "numpy.random.RandomState(seed).randint(0, n, (n_resamples, n))",
-                                   "bleu_seed": config.bleu_seed if config.statistic == "release" else None},
-                     "metrics": metric_settings, "generation": data.generation_settings},
+        "settings": _run_settings(config, labeler, bs, metric_settings, data),
         "versions": _versions(labeler),
     }
     write_outputs(result, out, pairs, lex, ref_labels, pred_labels, rg, priors, config.plot)
