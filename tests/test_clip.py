@@ -280,3 +280,13 @@ def test_gather_with_grad_equals_one_big_batch(tmp_path):
     assert parts[0]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
     assert torch.allclose(torch.cat([p["g_img"] for p in parts]), img.grad, atol=1e-6)
     assert torch.allclose(torch.cat([p["g_txt"] for p in parts]), txt.grad, atol=1e-6)
+
+
+def test_config_reports_a_hidden_size_for_deepspeed_auto_buckets():
+    """The HF Trainer fills DeepSpeed's `auto` bucket sizes from model.config.hidden_size (ZeRO-3
+    refuses to start without it): the dual encoder's config gives its widest part."""
+    from llavarad.model.clip import CxrClipConfig
+
+    cfg = CxrClipConfig(embed_dim=64, vision_width=96, text_width=80)
+    assert cfg.hidden_size == 96
+    assert CxrClipConfig(embed_dim=512, vision_width=0, text_width=0).hidden_size == 512

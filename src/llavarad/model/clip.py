@@ -116,6 +116,12 @@ class CxrClipConfig:
     text_width: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def hidden_size(self) -> int:
+        """The widest of the towers and the embedding: the HF Trainer reads ``model.config.hidden_size``
+        to fill DeepSpeed's ``auto`` bucket sizes (ZeRO-3 refuses to start without it)."""
+        return max(self.vision_width, self.text_width, self.embed_dim)
+
     def __post_init__(self) -> None:
         problems = []
         if self.image_size <= 0:

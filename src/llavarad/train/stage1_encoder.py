@@ -193,7 +193,10 @@ def _training_arguments(cfg: Stage1Config, precision: str):
         dataloader_num_workers=cfg.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
         # the contrastive loss needs full global batches; the pairs left over differ per epoch
         dataloader_drop_last=True,
-        remove_unused_columns=False, ddp_find_unused_parameters=False, report_to="none", disable_tqdm=True)
+        remove_unused_columns=False, ddp_find_unused_parameters=False, report_to="none", disable_tqdm=True,
+        # without a GPU say so up front: the launcher's process group (and so the world size that
+        # DeepSpeed's `auto` batch sizes are filled from) is then set up for CPU processes
+        use_cpu=not torch.cuda.is_available())
 
 
 def _load_data(cfg: Stage1Config, out: Path, main: bool, global_batch: int) -> tuple[list[Pair], int, list[Pair]]:
