@@ -45,7 +45,7 @@ from llavarad.evaluate.chexbert_f1 import (
 )
 from llavarad.evaluate.lexical import bleu_from_stats, bleu_stats, rouge_l_scores
 from llavarad.evaluate.predictions import Pair, read_predictions
-from llavarad.evaluate.statistics import STATISTICS, metric_entry
+from llavarad.evaluate.statistics import metric_entry, setting_problems
 
 logger = logging.getLogger(__name__)
 
@@ -85,19 +85,9 @@ class CompareConfig:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.labeler not in ("rules", "chexbert"):
-            problems.append(f"labeler: {self.labeler!r} is not one of 'rules', 'chexbert'")
-        if self.chexbert_weights and self.labeler != "chexbert":
-            problems.append("chexbert_weights is set but labeler is not 'chexbert'; add --labeler chexbert")
-        if self.statistic not in STATISTICS:
-            problems.append(f"statistic: {self.statistic!r} is not one of {', '.join(STATISTICS)}")
-        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 2:
-            problems.append(f"bootstrap: {self.bootstrap!r} must be an integer >= 2 (e.g. 500)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            problems.append(f"seed: {self.seed!r} must be an integer in [0, 2**32)")
-        if not isinstance(self.confidence, (int, float)) or not 0 < self.confidence < 1:
-            problems.append(f"confidence: {self.confidence!r} must be a fraction in (0, 1), e.g. 0.95")
+        problems = setting_problems(labeler=self.labeler, chexbert_weights=self.chexbert_weights,
+                                    statistic=self.statistic, bootstrap=self.bootstrap, seeds={"seed": self.seed},
+                                    confidence=self.confidence, min_resamples=2)
         if problems:
             raise ConfigError(problems, "CompareConfig")
 

@@ -50,7 +50,7 @@ from llavarad.evaluate.radgraph import (
     radgraph_settings,
 )
 from llavarad.evaluate.report import TABLE_COLUMNS, write_outputs
-from llavarad.evaluate.statistics import STATISTICS, statistic_settings, table_metrics
+from llavarad.evaluate.statistics import setting_problems, statistic_settings, table_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -94,24 +94,13 @@ class EvaluateConfig:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.labeler not in ("rules", "chexbert"):
-            problems.append(f"labeler: {self.labeler!r} is not one of 'rules', 'chexbert'")
-        if self.chexbert_weights and self.labeler != "chexbert":
-            problems.append("chexbert_weights is set but labeler is not 'chexbert'; add --labeler chexbert")
+        problems = setting_problems(labeler=self.labeler, chexbert_weights=self.chexbert_weights,
+                                    statistic=self.statistic, bootstrap=self.bootstrap,
+                                    seeds={"seed": self.seed, "bleu_seed": self.bleu_seed}, confidence=self.confidence)
         if self.radgraph not in ("auto", "on", "off"):
             problems.append(f"radgraph: {self.radgraph!r} is not one of 'auto', 'on', 'off'")
-        if self.statistic not in STATISTICS:
-            problems.append(f"statistic: {self.statistic!r} is not one of {', '.join(map(repr, STATISTICS))}")
-        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 1:
-            problems.append(f"bootstrap: {self.bootstrap!r} must be a positive number of resamples (e.g. 500)")
-        for key in ("seed", "bleu_seed"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-                problems.append(f"{key}: {value!r} must be an integer in [0, 2**32)")
-        if not isinstance(self.confidence, (int, float)) or not 0 < self.confidence < 1:
-            problems.append(f"confidence: {self.confidence!r} must be a fraction in (0, 1), e.g. 0.95")
-        elif self.statistic == "release" and self.confidence != 0.95:
+        if (isinstance(self.confidence, (int, float)) and 0 < self.confidence < 1 and self.statistic == "release"
+                and self.confidence != 0.95):
             problems.append(f"confidence: {self.confidence!r} with statistic 'release': the release's intervals "
                             "(and sacrebleu's) are 95%; use 0.95 or statistic 'full'")
         if problems:

@@ -30,7 +30,7 @@ from llavarad.evaluate.bootstrap import bootstrap_median, percentile_interval
 from llavarad.evaluate.chexbert_f1 import ChexbertF1Result
 from llavarad.evaluate.lexical import LexicalResult
 
-__all__ = ["STATISTICS", "Statistic", "metric_entry", "statistic_caption", "statistic_settings", "table_metrics"]
+__all__ = ["STATISTICS", "Statistic", "metric_entry", "statistic_caption", "statistic_settings", "table_metrics", "setting_problems"]
 
 Statistic = Literal["release", "full"]
 STATISTICS: tuple[str, ...] = ("release", "full")
@@ -124,3 +124,24 @@ def statistic_caption(settings: dict[str, Any]) -> str:
                 "is the mean over reports.")
     return (f"Full-sample convention: every value is the metric on all reports, with the "
             f"{round(100 * boot['confidence'])}% percentile interval of {n} bootstrap resamples (seed {seed}).")
+
+
+def setting_problems(*, labeler: str, chexbert_weights: object, statistic: str, bootstrap: object,
+                     seeds: dict[str, object], confidence: object, min_resamples: int = 1) -> list[str]:
+    """What is wrong with the settings every metric table shares (``evaluate`` and ``compare``),
+    one message per problem, for the caller's :class:`~llavarad.config.ConfigError`."""
+    problems = []
+    if labeler not in ("rules", "chexbert"):
+        problems.append(f"labeler: {labeler!r} is not one of 'rules', 'chexbert'")
+    if chexbert_weights and labeler != "chexbert":
+        problems.append("chexbert_weights is set but labeler is not 'chexbert'; add --labeler chexbert")
+    if statistic not in STATISTICS:
+        problems.append(f"statistic: {statistic!r} is not one of {', '.join(map(repr, STATISTICS))}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < min_resamples:
+        problems.append(f"bootstrap: {bootstrap!r} must be an integer >= {min_resamples} (resamples, e.g. 500)")
+    for key, value in seeds.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+            problems.append(f"{key}: {value!r} must be an integer in [0, 2**32)")
+    if not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        problems.append(f"confidence: {confidence!r} must be a fraction in (0, 1), e.g. 0.95")
+    return problems
