@@ -13,6 +13,7 @@ from PIL import Image
 from llavarad import attention
 from llavarad._attention_render import overlay
 from llavarad.attention import (
+    DEFAULT_METHOD,
     downsample_mask,
     explain,
     group_words,
@@ -58,13 +59,13 @@ def test_words_slice_the_text_and_get_their_own_tokens_maps(tiny_bundle, image):
         assert expl.text[w["start"]:w["end"]] == w["word"]
         assert w["word"] in tiny_bundle.tokenizer.decode([expl.token_ids[t] for t in w["tokens"]])
         assert np.allclose(expl.word_maps[i].reshape(-1), expl.token_maps[w["tokens"]].mean(axis=0))
-    assert np.allclose(expl.token_maps, expl.token_layer_maps[:, expl.layer])
+    assert expl.method == DEFAULT_METHOD and np.array_equal(expl.token_maps, expl.method_maps[DEFAULT_METHOD])
 
 
 def test_captured_columns_rollout_and_gradients_equal_a_full_forward(tiny_bundle, image, monkeypatch):
     """(a) The per-step capture equals a full forward with output_attentions over the same sequence,
     indexed at the image token positions; rollout and grad-attention equal direct computations."""
-    expl = explain(tiny_bundle, image, "Cough.", max_new_tokens=8,
+    expl = explain(tiny_bundle, image, "Cough.", max_new_tokens=8, method="layer",
                    extra_methods=("rollout", "grad-attention", "mean-layers", "max-over-layers"))
     full, pv, cols, queries = _full_sequence(tiny_bundle, image, expl)
     with torch.no_grad():
@@ -202,7 +203,7 @@ def test_a_model_forced_onto_one_patch_gives_a_map_peaked_there(tiny_bundle, ima
     grid = tiny_bundle.preset.grid_size
     r, c = 2, 1
     forced = _forced_bundle(tiny_bundle, r * grid + c)
-    expl = explain(forced, image, "Cough.", max_new_tokens=6, layer=0)
+    expl = explain(forced, image, "Cough.", max_new_tokens=6, layer=0, method="layer")
     assert len(expl.token_ids) == 6  # (bytes, not words, from this model: the token maps are what is scored)
     assert (expl.token_maps.argmax(axis=1) == r * grid + c).all() and (expl.token_maps[:, r * grid + c] > 0.99).all()
     region = np.zeros((grid, grid), bool)
@@ -211,14 +212,15 @@ def test_a_model_forced_onto_one_patch_gives_a_map_peaked_there(tiny_bundle, ima
         assert pointing_hit(m, region) and mass_inside(m, region) > 0.99
         assert not pointing_hit(m, ~region) and mass_inside(m, ~region) < 0.01
     # the control: the unforced model's map is not peaked there
-    plain = explain(tiny_bundle, image, "Cough.", max_new_tokens=6, layer=0)
+    plain = explain(tiny_bundle, image, "Cough.", max_new_tokens=6, layer=0, method="layer")
     assert plain.token_maps[:, r * grid + c].max() < 0.5
 
 
 def test_tower_methods_carry_the_map_back_through_the_tower_rollout(tiny_bundle, image):
     """``+tower``: the image-token map times the tower's rollout up to vision_feature_layer, computed
     here directly from the tower's own attention outputs."""
-    expl = explain(tiny_bundle, image, "Cough.", max_new_tokens=6, extra_methods=("layer+tower", "rollout+tower", "rollout"))
+    expl = explain(tiny_bundle, image, "Cough.", max_new_tokens=6, method="layer",
+                   extra_methods=("layer+tower", "rollout+tower", "rollout"))
     tower = tiny_bundle.model.model.vision_tower
     pv = pixel_values_for([image], tiny_bundle.image_processor, tiny_bundle.image_aspect_ratio)
     with torch.no_grad():

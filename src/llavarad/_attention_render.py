@@ -75,8 +75,9 @@ def write_explanation(expl: Explanation, image: Image.Image, out_dir: str | Path
         pieces.append(f'<a href="#" data-i="{i}" onclick="show({i});return false;">{html.escape(w["word"])}</a>')
         cursor = w["end"]
     pieces.append(html.escape(expl.text[cursor:]))
-    agg = expl.method + (f", layer {expl.layer}" if expl.method in ("layer", "layer-head") else "") + (
-        f", head {expl.head}" if expl.method == "layer-head" else "")
+    base = expl.method.removesuffix("+tower")
+    agg = expl.method + (f", layer {expl.layer}" if base in ("layer", "layer-head") else "") + (
+        f", head {expl.head}" if base == "layer-head" else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llavarad attention</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} a{{color:#036;text-decoration:none;
 border-bottom:1px dotted}} a.on{{background:#fd6}} img{{width:{size}px;border:1px solid #999}} .r{{line-height:1.8}}</style>

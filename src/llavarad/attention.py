@@ -70,7 +70,7 @@ _LM_METHODS = ("layer", "layer-head", "mean-layers", "max-layers", "rollout", "g
 METHODS: tuple[str, ...] = _LM_METHODS + tuple(f"{m}+tower" for m in _LM_METHODS)
 Method = str
 #: Chosen by measurement (benchmarks/grounding.py; docs/attention.md, "Which method").
-DEFAULT_METHOD: str = "layer"
+DEFAULT_METHOD: str = "layer+tower"
 _ALIASES = {"layer-mean": "layer", "max-over-layers": "max-layers"}  # the names before methods were added
 _GRAD_BYTES = 1 << 28  # gradients of the attention held at once by grad-attention (then chunked)
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[-'][A-Za-z0-9]+)*")
