@@ -6,18 +6,15 @@ downloads a browser here: it is pointed at /usr/bin/chromium)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from browser import chromium_page
 from llavarad.phantom.report_card import card_html, choose_word, read_heat_map
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -64,25 +61,16 @@ def test_page_is_self_contained_and_escapes_text(card_page):
 
 
 def test_report_card_renders_in_headless_chromium(card_page, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     requests = []
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                        args=ARGS, headless=True)
-        try:
-            page = context.new_page()
-            page.on("request", lambda req: requests.append(req.url))
-            page.goto(card_page.as_uri())
-            page.wait_for_load_state("load")
-            sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
-            headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
-            examples = page.inner_text("#examples ~ div.ex >> nth=1")
-            mark = page.inner_text("#heatmap ~ p mark")
-            bars = page.eval_on_selector_all(".bar", "els => els.map(e => e.getBoundingClientRect().width)")
-        finally:
-            context.close()
+    with chromium_page() as page:
+        page.on("request", lambda req: requests.append(req.url))
+        page.goto(card_page.as_uri())
+        page.wait_for_load_state("load")
+        sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
+        headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+        examples = page.inner_text("#examples ~ div.ex >> nth=1")
+        mark = page.inner_text("#heatmap ~ p mark")
+        bars = page.eval_on_selector_all(".bar", "els => els.map(e => e.getBoundingClientRect().width)")
     assert len(sizes) == 6 and all(done and width > 0 for _, done, width in sizes), sizes
     assert headings == ["Metrics", "Per-observation F1", "One word's heat map", "Held-out phantoms",
                         "Stage timings", "Losses"]

@@ -9,17 +9,13 @@ README shows (docs/serve_screenshot.png) when LLAVARAD_SAVE_SCREENSHOT=1.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
-sync_api = pytest.importorskip("playwright.sync_api")
+from browser import chromium_page  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "serve_screenshot.png"
 
 
@@ -36,15 +32,8 @@ def server(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def page():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 860}, offline=False)
-            yield context.new_page()
-        finally:
-            browser.close()
+    with chromium_page((1280, 860)) as pg:
+        yield pg
 
 
 def test_upload_dicom_draft_and_overlay_a_word(server, page, shared_data, tmp_path):
