@@ -51,6 +51,7 @@ __all__ = [
     "iter_lines",
     "pick_column",
     "read_csv",
+    "read_csv_header",
     "read_text",
 ]
 
@@ -273,14 +274,7 @@ def read_csv(path: str | Path, *, required: Sequence[str] = (), delimiter: str |
              max_cell: int = MAX_CELL) -> CsvTable:
     """Read a CSV with a header; a missing ``required`` column raises :class:`InputError` naming the columns found."""
     rows_iter = iter_csv_rows(path, delimiter=delimiter, max_cell=max_cell, width=0)
-    first = next(rows_iter, None)
-    if first is not None and first.fields is None:
-        raise InputError(f"{first.error}: the header cannot be read")
-    header = first.fields if first is not None else []
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise InputError(f"{path}: no column {', '.join(map(repr, missing))}; the header has "
-                         f"{_columns(header)}. Is this the expected file?")
+    header = read_csv_header(rows_iter, path, required)
     table = CsvTable(Path(path), header, [], [])
     for row in rows_iter:
         if row.fields is None:
@@ -288,6 +282,21 @@ def read_csv(path: str | Path, *, required: Sequence[str] = (), delimiter: str |
         else:
             table.rows.append((row.line, dict(zip(header, row.fields))))
     return table
+
+
+def read_csv_header(rows: Iterator[CsvRow], path: str | Path, required: Sequence[str] = (), *,
+                    error: type[Exception] = InputError, hint: str = "Is this the expected file?") -> list[str]:
+    """Take the header row off ``rows`` (from :func:`iter_csv_rows`) and check the ``required`` columns;
+    an unreadable header or a missing column raises ``error`` naming the columns found and ``hint``."""
+    first = next(rows, None)
+    if first is not None and first.fields is None:
+        raise error(f"{first.error}: the header row cannot be read")
+    header = list(first.fields) if first is not None else []
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise error(f"{path}: missing column(s), no column {', '.join(map(repr, missing))}; "
+                    f"the header has {_columns(header)}. {hint}")
+    return header
 
 
 def _columns(header: Sequence[str]) -> str:

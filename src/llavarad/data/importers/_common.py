@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llavarad.errors import LlavaradError
 from llavarad.io.manifest import CHEXPERT_OBSERVATIONS, ManifestRecord
-from llavarad.io.text import iter_csv_rows
+from llavarad.io.text import iter_csv_rows, read_csv_header
 
 __all__ = [
     "ImportProblem",
@@ -59,16 +59,8 @@ def iter_csv(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, di
     row with missing cells (which would read as "not mentioned"); a damaged .gz raises InputError.
     """
     rows = iter_csv_rows(path, width=0)
-    first = next(rows, None)
-    if first is not None and first.fields is None:
-        raise DatasetLayoutError(f"{first.error}: the header row cannot be read")
-    columns = first.fields if first is not None else []
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise DatasetLayoutError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns[:12])}"
-            f"{' ...' if len(columns) > 12 else ''}. Is this the official release's file?"
-        )
+    columns = read_csv_header(rows, path, required, error=DatasetLayoutError,
+                              hint="Is this the official release's file?")
     for row in rows:
         if row.fields is None:
             yield row.line, ImportProblem(f"{path}:{row.line}", row.error or f"{path}:{row.line}: unreadable row")
